@@ -1,0 +1,161 @@
+"""VidConv configurations as data: the paper's Table 1 plus everything derived from clip and image size.
+
+A :class:`ViCConfig` says completely what a model builds, so it is also what our own checkpoint
+format stores next to the weights. The authors hard-code dilations 14/7 for 224x224 input; here
+they follow the per-frame feature size, so any image size that is a multiple of 32 works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any
+
+from vidconv_deploy.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """Widths and depths of one architecture (paper Table 1)."""
+
+    dims: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    neck_dim: int
+
+
+#: Paper Table 1. ViC-B keeps C3 = 2304 as the table says (the authors' head default would be 3 * 1024).
+ARCHS: dict[str, ArchSpec] = {
+    "vic-t": ArchSpec(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), neck_dim=2304),
+    "vic-s": ArchSpec(dims=(96, 192, 384, 768), depths=(3, 3, 27, 3), neck_dim=2304),
+    "vic-b": ArchSpec(dims=(128, 256, 512, 1024), depths=(3, 3, 27, 3), neck_dim=2304),
+}
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """Look up an architecture by name; a typo gets the closest names as a suggestion."""
+    try:
+        return ARCHS[arch]
+    except KeyError:
+        close = difflib.get_close_matches(arch, ARCHS, n=2)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(ARCHS)}"
+        raise UserError(f"unknown architecture {arch!r}: {hint}") from None
+
+
+def grid_for_frames(frames: int) -> tuple[int, int]:
+    """The square collage grid for a frame count (4 -> 2x2, 9 -> 3x3, 16 -> 4x4)."""
+    side = math.isqrt(frames)
+    if frames < 1 or side * side != frames:
+        raise UserError(
+            f"{frames} frames do not form a square collage: give the grid explicitly "
+            f"(e.g. grid=(2, 3) for 6 frames) or use a square number of frames (4, 9, 16)"
+        )
+    return side, side
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    h, w = value
+    return int(h), int(w)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViCConfig:
+    """Everything needed to build one VidConv model.
+
+    ``grid`` is (rows, columns) of the collage; frame t sits at row t // columns, column t % columns.
+    ``image_size`` is (height, width) of the input frames.
+    """
+
+    arch: str
+    dims: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    neck_dim: int
+    num_classes: int = 400
+    grid: tuple[int, int] = (3, 3)
+    image_size: tuple[int, int] = (224, 224)
+    neck: bool = True
+    drop_path_rate: float = 0.0
+    dropout: float = 0.4
+    layer_scale_init: float = 1e-6
+    temporal_scale_init: float = 1e-2
+
+    def __post_init__(self) -> None:
+        for side in self.image_size:
+            if side < 32 or side % 32:
+                raise UserError(
+                    f"image size {self.image_size[0]}x{self.image_size[1]} is not a multiple of 32: "
+                    f"use e.g. 224, 256 or 64"
+                )
+        if min(self.grid) < 1:
+            raise UserError(f"grid {self.grid} must have at least one row and one column")
+        if self.num_classes < 1:
+            raise UserError(f"num_classes must be positive, got {self.num_classes}")
+
+    @property
+    def frames(self) -> int:
+        """Frames in one clip (one collage)."""
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def stage3_frame_size(self) -> tuple[int, int]:
+        """Per-frame feature size entering stage 3 (H/16, W/16): the temporal dilation of stage 3."""
+        return self.image_size[0] // 16, self.image_size[1] // 16
+
+    @property
+    def stage4_frame_size(self) -> tuple[int, int]:
+        """Per-frame feature size in stage 4 (H/32, W/32): the temporal dilation of stage 4 and of the neck."""
+        return self.image_size[0] // 32, self.image_size[1] // 32
+
+    def temporal_dilation(self, stage: int) -> tuple[int, int]:
+        """Dilation of the temporal depthwise conv in stage 2 or 3 (0-based): the per-frame map size."""
+        return self.stage3_frame_size if stage == 2 else self.stage4_frame_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViCConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a file from a newer version)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise UserError(f"model config has unknown fields {unknown}: upgrade vidconv-deploy")
+        values = dict(data)
+        for key in ("dims", "depths", "grid", "image_size"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def make_config(
+    arch: str,
+    num_classes: int = 400,
+    frames: int = 9,
+    image_size: int | tuple[int, int] = 224,
+    neck: bool = True,
+    grid: tuple[int, int] | None = None,
+    **overrides: Any,
+) -> ViCConfig:
+    """Build a config from an arch name; ``overrides`` may replace dims/depths/neck_dim (tiny test models)."""
+    spec = arch_spec(arch)
+    if grid is None:
+        grid = grid_for_frames(frames)
+    else:
+        grid = _pair(grid)
+        if grid[0] * grid[1] != frames:
+            raise UserError(f"grid {grid[0]}x{grid[1]} holds {grid[0] * grid[1]} frames, not {frames}")
+    fields: dict[str, Any] = {
+        "arch": arch,
+        "dims": spec.dims,
+        "depths": spec.depths,
+        "neck_dim": spec.neck_dim,
+        "num_classes": num_classes,
+        "grid": grid,
+        "image_size": _pair(image_size),
+        "neck": neck,
+    }
+    fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    return ViCConfig(**fields)
