@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _grid(text: str | None) -> tuple[int, int] | None:
+def parse_grid(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     try:
@@ -91,7 +91,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     cfg = make_config(
         args.arch, num_classes=args.classes, frames=args.frames, image_size=args.image_size,
-        neck=not args.no_neck, grid=_grid(args.grid),
+        neck=not args.no_neck, grid=parse_grid(args.grid),
     )
     parts = measure(cfg)
     if args.json:

@@ -1,0 +1,186 @@
+"""VidConv rewritten into modules that export to plain, static ONNX operators.
+
+Everything is NCHW: the blocks' Linear layers become 1x1 convs, the channels-last LayerNorm
+becomes a LayerNorm over the channel axis written with ReduceMean/Sub/Pow/Sqrt/Div (no Transpose
+pairs), and every shape is a Python constant from the config (no Shape/Gather in the graph).
+:func:`to_deploy` is exact: the result computes what the VidConv computes, up to float rounding.
+The ``passes`` module then folds scales and picks per-target lowerings.
+
+Modules are named after the paper (stem, stage1..stage4, down2..down4, neck, head) so exported
+node names read as ``/stage3/blocks.0/temporal/conv/Conv`` in Netron.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vidconv_deploy.models.collage import frames_to_collage
+from vidconv_deploy.models.config import ViCConfig
+from vidconv_deploy.models.layers import ConvNeXtBlock, LayerNorm2d, TemporalBlock
+from vidconv_deploy.models.vidconv import VidConv
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of NCHW, in elementwise ops only (exports without Transpose)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone().view(1, -1, 1, 1))
+        self.bias = nn.Parameter(bias.detach().clone().view(1, -1, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=1, keepdim=True)
+        var = centred.pow(2).mean(dim=1, keepdim=True)
+        return centred / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+class ChannelScale(nn.Module):
+    """Per-channel multiply (layer scale gamma, temporal alpha) before a pass folds it into a conv."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(scale.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class TileRepeat(nn.Module):
+    """Tile a frame-sized map over the collage with ``repeat`` (exports as ONNX Tile)."""
+
+    def __init__(self, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, 1, self.grid[0], self.grid[1])
+
+
+class TileConcat(nn.Module):
+    """Tile a frame-sized map over the collage with Concat along W then H (no ONNX Tile)."""
+
+    def __init__(self, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        row = torch.cat([x] * self.grid[1], dim=3)
+        return torch.cat([row] * self.grid[0], dim=2)
+
+
+def conv1x1_from_linear(linear: nn.Linear) -> nn.Conv2d:
+    """The 1x1 conv on NCHW that computes what ``linear`` computes on channels-last."""
+    conv = nn.Conv2d(linear.in_features, linear.out_features, kernel_size=1)
+    conv.weight.data.copy_(linear.weight.data[:, :, None, None])
+    conv.bias.data.copy_(linear.bias.data)
+    return conv
+
+
+def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    new = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, bias=conv.bias is not None,
+    )
+    new.load_state_dict(conv.state_dict())
+    return new
+
+
+class TemporalBranch(nn.Module):
+    """Dilated depthwise conv (kernel = grid, dilation = frame size), alpha, tiled over the collage."""
+
+    def __init__(self, block: TemporalBlock) -> None:
+        super().__init__()
+        self.conv = _copy_conv(block.dwconv_tem)
+        self.scale: nn.Module = ChannelScale(block.gamma_tem)
+        self.tile: nn.Module = TileRepeat(block.grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tile(self.scale(self.conv(x)))
+
+
+class DeployBlock(nn.Module):
+    """A ConvNeXt or VidConv block on NCHW: dw 7x7 (+ temporal) -> LN -> 1x1 -> GELU -> 1x1 -> gamma -> +x."""
+
+    def __init__(self, block: ConvNeXtBlock) -> None:
+        super().__init__()
+        self.spatial = _copy_conv(block.dwconv)
+        self.temporal = TemporalBranch(block) if isinstance(block, TemporalBlock) else None
+        self.norm: nn.Module = ChannelLayerNorm(block.norm.weight, block.norm.bias, block.norm.eps)
+        self.pw1 = conv1x1_from_linear(block.pwconv1)
+        self.act: nn.Module = nn.GELU()
+        self.pw2 = conv1x1_from_linear(block.pwconv2)
+        self.layer_scale: nn.Module = ChannelScale(block.gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.spatial(x)
+        if self.temporal is not None:
+            y = y + self.temporal(x)
+        y = self.pw2(self.act(self.pw1(self.norm(y))))
+        return x + self.layer_scale(y)
+
+
+def _norm(norm: LayerNorm2d) -> ChannelLayerNorm:
+    return ChannelLayerNorm(norm.weight, norm.bias, norm.eps)
+
+
+class DeployViC(nn.Module):
+    """The rewritten VidConv, with the early net, collage and later net callable separately.
+
+    ``forward`` takes one clip ``(1, L, 3, H, W)`` (the whole-clip graph); :meth:`early` one frame
+    ``(N, 3, H, W)``; :meth:`later` one collage. Eval mode only: dropout and drop path are gone.
+    """
+
+    def __init__(self, model: VidConv) -> None:
+        super().__init__()
+        cfg: ViCConfig = model.cfg
+        self.cfg = cfg
+        bb = model.backbone
+        self.stem = nn.Sequential(_copy_conv(bb.downsample_layers[0][0]), _norm(bb.downsample_layers[0][1]))
+        downs = [nn.Sequential(_norm(d[0]), _copy_conv(d[1])) for d in list(bb.downsample_layers)[1:]]
+        stages = [nn.Sequential(*[DeployBlock(b) for b in stage]) for stage in bb.stages]
+        self.stage1, self.down2, self.stage2, self.down3 = stages[0], downs[0], stages[1], downs[1]
+        self.stage3, self.down4, self.stage4 = stages[2], downs[2], stages[3]
+        self.neck: nn.Module = nn.Identity()
+        if model.neck is not None:
+            self.neck = nn.Sequential(_copy_conv(model.neck.conv), _copy_bn(model.neck.bn), nn.GELU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(model.head.in_features, model.head.out_features)
+        self.head.load_state_dict(model.head.state_dict())
+        self.eval()
+
+    def early(self, frames: torch.Tensor) -> torch.Tensor:
+        """Per-frame early net: ``(N, 3, H, W)`` -> ``(N, C3, H/16, W/16)``."""
+        return self.down3(self.stage2(self.down2(self.stage1(self.stem(frames)))))
+
+    def later(self, collage: torch.Tensor) -> torch.Tensor:
+        """Later net, neck and head on one collage -> logits ``(1, classes)``."""
+        x = self.neck(self.stage4(self.down4(self.stage3(collage))))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        frames = clip.reshape(cfg.frames, 3, *cfg.image_size)
+        return self.later(frames_to_collage(self.early(frames), cfg.grid))
+
+    def clip_shape(self) -> tuple[int, ...]:
+        return (1, self.cfg.frames, 3, *self.cfg.image_size)
+
+    def frame_shape(self) -> tuple[int, ...]:
+        return (1, 3, *self.cfg.image_size)
+
+    def collage_shape(self) -> tuple[int, ...]:
+        (rows, cols), (h, w) = self.cfg.grid, self.cfg.stage3_frame_size
+        return (1, self.cfg.dims[2], rows * h, cols * w)
+
+
+def _copy_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    new = nn.BatchNorm2d(bn.num_features, eps=bn.eps)
+    new.load_state_dict(bn.state_dict())
+    return new
+
+
+def to_deploy(model: VidConv) -> DeployViC:
+    """The exact NCHW rewrite of ``model`` (a copy; ``model`` is untouched), in eval mode."""
+    return DeployViC(model)

@@ -1,0 +1,103 @@
+"""PyTorch -> static ONNX: export, simplify with onnxsim, check, and verify against PyTorch with ONNX Runtime.
+
+We use the TorchScript-based exporter (``dynamo=False``) at opset 17: it names nodes after the
+module path (``/stage3/stage3.0/temporal/conv/Conv``), emits opset-17 ops that Vitis AI, FINN
+and qonnx read, and with static input shapes onnxsim folds every shape computation away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxsim
+import torch
+from torch import nn
+
+OPSET = 17
+#: Shape-computation and control-flow ops a static deploy graph must not contain.
+SHAPE_OPS = frozenset({"Shape", "Gather", "ConstantOfShape", "Expand", "Range", "If", "Loop"})
+
+
+class MethodModule(nn.Module):
+    """Expose one method of a module as ``forward`` so it exports as its own graph (e.g. the early net)."""
+
+    def __init__(self, module: nn.Module, method: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedGraph:
+    """An exported, simplified and checked graph with its I/O description and verification figure."""
+
+    model: onnx.ModelProto
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_name: str
+    output_shape: tuple[int, ...]
+    max_relative_error: float
+
+    def io(self) -> dict[str, object]:
+        return {
+            "inputs": [{"name": self.input_name, "shape": list(self.input_shape), "dtype": "float32"}],
+            "outputs": [{"name": self.output_name, "shape": list(self.output_shape), "dtype": "float32"}],
+            "max_relative_error_vs_torch": self.max_relative_error,
+        }
+
+
+def export_graph(
+    module: nn.Module,
+    example: torch.Tensor,
+    input_name: str,
+    output_name: str,
+    forbidden: frozenset[str] = frozenset(),
+) -> ExportedGraph:
+    """Export ``module`` on ``example``, simplify, check, and measure its error against PyTorch.
+
+    Raises RuntimeError if a ``forbidden`` op type survives simplification: that is a bug in a
+    rewrite, not a user error.
+    """
+    module.eval()
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python shape arithmetic: shapes are static here
+        torch.onnx.export(
+            module, (example,), buffer, dynamo=False, opset_version=OPSET,
+            input_names=[input_name], output_names=[output_name], do_constant_folding=True,
+        )
+        expected = module(example).numpy()
+    model, ok = onnxsim.simplify(onnx.load_from_string(buffer.getvalue()))
+    if not ok:
+        raise RuntimeError("onnxsim could not validate the simplified graph")
+    onnx.checker.check_model(model, full_check=True)
+    left = sorted({n.op_type for n in model.graph.node} & forbidden)
+    if left:
+        raise RuntimeError(f"the exported graph still contains {left}")
+    got = run_onnx(model, {input_name: example.numpy()})[0]
+    return ExportedGraph(
+        model, input_name, tuple(example.shape), output_name, tuple(expected.shape), relative_error(got, expected)
+    )
+
+
+def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a graph with ONNX Runtime on the CPU, graph optimisations off so it computes what the graph says."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """max |got - expected| / max |expected| (the figure the rewrite tolerance 1e-5 applies to)."""
+    scale = float(np.max(np.abs(expected)))
+    return float(np.max(np.abs(got - expected))) / (scale if scale > 0 else 1.0)
