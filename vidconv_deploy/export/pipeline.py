@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import Progress
 
 from vidconv_deploy.check import check_model
@@ -53,7 +54,7 @@ def export_onnx_bundle(
     with torch.no_grad():
         reference = model(clip).numpy()
     verification: dict[str, Any] = {"tolerance": REWRITE_TOLERANCE, "input": f"one random clip (seed {seed})"}
-    with Progress(transient=True) as progress:
+    with Progress(console=Console(stderr=True), transient=True) as progress:  # stdout stays clean for JSON
         task = progress.add_task("exporting", total=4)
 
         def advance(what: str) -> None:
