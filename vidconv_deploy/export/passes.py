@@ -28,12 +28,24 @@ def _blocks(model: DeployViC) -> Iterable[DeployBlock]:
     return (m for m in model.modules() if isinstance(m, DeployBlock))
 
 
+def _branches(model: DeployViC) -> Iterable[TemporalBranch]:
+    return (m for m in model.modules() if isinstance(m, TemporalBranch))
+
+
 @torch.no_grad()
 def _scale_conv_outputs(conv: nn.Conv2d, scale: torch.Tensor) -> None:
     """Multiply a conv's output channels by ``scale`` by scaling its weights and bias."""
     conv.weight.mul_(scale.view(-1, 1, 1, 1))
     if conv.bias is not None:
         conv.bias.mul_(scale.view(-1))
+
+
+def _fold_channel_scale(owner: nn.Module, attribute: str, conv: nn.Conv2d) -> None:
+    """Fold ``owner.<attribute>`` (a ChannelScale applied after ``conv``) into ``conv`` and drop it."""
+    scale = getattr(owner, attribute)
+    if isinstance(scale, ChannelScale):
+        _scale_conv_outputs(conv, scale.scale)
+        setattr(owner, attribute, nn.Identity())
 
 
 class FoldLayerScale(Pass):
@@ -43,9 +55,7 @@ class FoldLayerScale(Pass):
 
     def apply(self, model: DeployViC) -> DeployViC:
         for block in _blocks(model):
-            if isinstance(block.layer_scale, ChannelScale):
-                _scale_conv_outputs(block.pw2, block.layer_scale.scale)
-                block.layer_scale = nn.Identity()
+            _fold_channel_scale(block, "layer_scale", block.pw2)
         return model
 
 
@@ -55,10 +65,8 @@ class FoldTemporalScale(Pass):
     name = "fold-temporal-scale"
 
     def apply(self, model: DeployViC) -> DeployViC:
-        for branch in (m for m in model.modules() if isinstance(m, TemporalBranch)):
-            if isinstance(branch.scale, ChannelScale):
-                _scale_conv_outputs(branch.conv, branch.scale.scale)
-                branch.scale = nn.Identity()
+        for branch in _branches(model):
+            _fold_channel_scale(branch, "scale", branch.conv)
         return model
 
 
@@ -90,7 +98,7 @@ class TileAsConcat(Pass):
     name = "tile-as-concat"
 
     def apply(self, model: DeployViC) -> DeployViC:
-        for branch in (m for m in model.modules() if isinstance(m, TemporalBranch)):
+        for branch in _branches(model):
             branch.tile = TileConcat(model.cfg.grid)
         return model
 
