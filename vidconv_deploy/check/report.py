@@ -7,17 +7,26 @@ import xml.etree.ElementTree as ET
 from rich.console import Console
 from rich.table import Table
 
-from vidconv_deploy.check.result import CheckResult
+from vidconv_deploy.check.result import CheckResult, Finding
 
 
 def print_table(result: CheckResult, model_name: str, console: Console) -> None:
-    """Findings (errors first), then the predicted partition, then the verdict."""
-    table = Table(title=f"{model_name} on {result.target}", show_lines=False)
-    for col in ("severity", "node", "op", "rule", "message", "fix"):
-        table.add_column(col, overflow="fold")
-    for f in sorted(result.findings, key=lambda f: f.severity != "error"):
-        style = "red" if f.severity == "error" else "yellow"
-        table.add_row(f"[{style}]{f.severity}[/{style}]", f.node, f.op_type, f.rule, f.message, f.fix)
+    """Findings grouped by problem (errors first, most frequent first), then the partition and the verdict.
+
+    A ViC graph repeats the same problem in every block; one row per problem with a count and the
+    first node reads better than forty near-identical rows (``--json`` lists every node).
+    """
+    groups: dict[tuple[str, str, str, str], list[Finding]] = {}
+    for f in result.findings:
+        groups.setdefault((f.severity, f.rule, f.op_type, f.fix), []).append(f)
+    table = Table(title=f"{model_name} on {result.target}", show_lines=True)
+    for col, justify in (("severity", "left"), ("op / rule", "left"), ("nodes", "right"), ("first node", "left"),
+                         ("problem and fix", "left")):
+        table.add_column(col, overflow="fold", justify=justify)  # type: ignore[arg-type]
+    for (severity, rule, op_type, fix), found in sorted(groups.items(), key=lambda kv: (kv[0][0] != "error", -len(kv[1]))):
+        style = "red" if severity == "error" else "yellow"
+        table.add_row(f"[{style}]{severity}[/{style}]", f"{op_type}\n{rule}", str(len(found)), found[0].node,
+                      f"{found[0].message}\n[bold]fix:[/bold] {fix}")
     if result.findings:
         console.print(table)
     parts = ", ".join(f"{dev}: {v['ops']} ops in {v['subgraphs']} subgraph(s)" for dev, v in result.partition["devices"].items())
