@@ -36,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Bundle(Path(tmp), "onnx")
         start = time.perf_counter()
-        verification = export_onnx_bundle(model, bundle)
+        verification, _ = export_onnx_bundle(model, bundle)
         total_s = time.perf_counter() - start
         sizes = {role: art["bytes"] for role, art in bundle.artifacts.items()}
     print(json.dumps({

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -79,7 +80,8 @@ def _read_torch(path: Path) -> StateDict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign files; each means "not a checkpoint"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = f"torch.load failed with {type(err).__name__}" + (f" ({text})" if text else "")
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             reason = "it holds Python objects beyond tensors, which are not loaded for safety"
         raise CheckpointError(
@@ -239,13 +241,20 @@ def save_checkpoint(model: VidConv, path: str | os.PathLike[str]) -> None:
         save_file(tensors, str(tmp), metadata={CONFIG_KEY: json.dumps(model.cfg.to_dict()), "format": "vidconv-deploy"})
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[VidConv, LoadReport]:
-    """Build the model a vidconv checkpoint describes and load it (our safetensors format only)."""
+def load_model(path: str | os.PathLike[str], build: Callable[[], VidConv] | None = None) -> tuple[VidConv, LoadReport]:
+    """Build the model a checkpoint describes and load it, reading the file once.
+
+    Our safetensors files carry their config; for any other file ``build`` makes the model
+    (e.g. from command-line flags), and without it that is an error.
+    """
     state, layout, cfg = read_checkpoint(path)
-    if cfg is None:
+    if cfg is not None:
+        model = VidConv(cfg)
+    elif build is not None:
+        model = build()
+    else:
         raise CheckpointError(
             f"{path} does not say which model it builds (only vidconv .safetensors files do): "
             f"give the architecture (--arch) as well"
         )
-    model = VidConv(cfg)
     return model, _load_state(model, Path(path), state, layout)

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vidconv_deploy.checkpoints import load_checkpoint, read_checkpoint
+from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.cli.info import parse_grid
 from vidconv_deploy.errors import UserError
@@ -61,17 +61,16 @@ def check_target(name: str) -> str:
 
 def load_weights(args: argparse.Namespace) -> tuple[VidConv, dict[str, str]]:
     """The model to export and a record of where its weights came from."""
+
+    def build() -> VidConv:
+        return build_model(args.arch, num_classes=args.classes, frames=args.frames, image_size=args.image_size,
+                           neck=not args.no_neck, grid=parse_grid(args.grid))
+
     if args.checkpoint is not None:
-        _, _, cfg = read_checkpoint(args.checkpoint)
-        model = VidConv(cfg) if cfg is not None else build_model(
-            args.arch, num_classes=args.classes, frames=args.frames, image_size=args.image_size,
-            neck=not args.no_neck, grid=parse_grid(args.grid))
-        report = load_checkpoint(model, args.checkpoint)
+        model, report = load_model(args.checkpoint, build)
         return model, {"source": str(args.checkpoint), "layout": report.layout, "report": report.summary()}
     torch.manual_seed(DEFAULT_SEED)
-    model = build_model(args.arch, num_classes=args.classes, frames=args.frames, image_size=args.image_size,
-                        neck=not args.no_neck, grid=parse_grid(args.grid))
-    return model, {"source": f"random initialisation (seed {DEFAULT_SEED}): no --checkpoint given"}
+    return build(), {"source": f"random initialisation (seed {DEFAULT_SEED}): no --checkpoint given"}
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -82,8 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
     console.print(f"weights: {weights.get('report', weights['source'])}")
     out = bundle_dir(args.out, model.cfg.arch, args.target)
     bundle = Bundle(out, args.target)
-    verification = export_onnx_bundle(model, bundle, rule_set=rule_set)
-    compliant = next(s["compliant"] for s in bundle.steps if s["name"] == "check operators")
+    verification, compliant = export_onnx_bundle(model, bundle, rule_set=rule_set)
     bundle.finish(model={"arch": model.cfg.arch, "config": model.cfg.to_dict(), "weights": weights},
                   verification=verification, compliant=compliant)
     table = Table(title=f"{model.cfg.arch} -> {args.target}: {out}")

@@ -12,6 +12,8 @@ node names read as ``/stage3/blocks.0/temporal/conv/Conv`` in Netron.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -78,21 +80,12 @@ def conv1x1_from_linear(linear: nn.Linear) -> nn.Conv2d:
     return conv
 
 
-def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    new = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=conv.bias is not None,
-    )
-    new.load_state_dict(conv.state_dict())
-    return new
-
-
 class TemporalBranch(nn.Module):
     """Dilated depthwise conv (kernel = grid, dilation = frame size), alpha, tiled over the collage."""
 
     def __init__(self, block: TemporalBlock) -> None:
         super().__init__()
-        self.conv = _copy_conv(block.dwconv_tem)
+        self.conv = copy.deepcopy(block.dwconv_tem)
         self.scale: nn.Module = ChannelScale(block.gamma_tem)
         self.tile: nn.Module = TileRepeat(block.grid)
 
@@ -105,7 +98,7 @@ class DeployBlock(nn.Module):
 
     def __init__(self, block: ConvNeXtBlock) -> None:
         super().__init__()
-        self.spatial = _copy_conv(block.dwconv)
+        self.spatial = copy.deepcopy(block.dwconv)
         self.temporal = TemporalBranch(block) if isinstance(block, TemporalBlock) else None
         self.norm: nn.Module = ChannelLayerNorm(block.norm.weight, block.norm.bias, block.norm.eps)
         self.pw1 = conv1x1_from_linear(block.pwconv1)
@@ -137,17 +130,16 @@ class DeployViC(nn.Module):
         cfg: ViCConfig = model.cfg
         self.cfg = cfg
         bb = model.backbone
-        self.stem = nn.Sequential(_copy_conv(bb.downsample_layers[0][0]), _norm(bb.downsample_layers[0][1]))
-        downs = [nn.Sequential(_norm(d[0]), _copy_conv(d[1])) for d in list(bb.downsample_layers)[1:]]
+        self.stem = nn.Sequential(copy.deepcopy(bb.downsample_layers[0][0]), _norm(bb.downsample_layers[0][1]))
+        downs = [nn.Sequential(_norm(d[0]), copy.deepcopy(d[1])) for d in list(bb.downsample_layers)[1:]]
         stages = [nn.Sequential(*[DeployBlock(b) for b in stage]) for stage in bb.stages]
         self.stage1, self.down2, self.stage2, self.down3 = stages[0], downs[0], stages[1], downs[1]
         self.stage3, self.down4, self.stage4 = stages[2], downs[2], stages[3]
         self.neck: nn.Module = nn.Identity()
         if model.neck is not None:
-            self.neck = nn.Sequential(_copy_conv(model.neck.conv), _copy_bn(model.neck.bn), nn.GELU())
+            self.neck = nn.Sequential(copy.deepcopy(model.neck.conv), copy.deepcopy(model.neck.bn), nn.GELU())
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(model.head.in_features, model.head.out_features)
-        self.head.load_state_dict(model.head.state_dict())
+        self.head = copy.deepcopy(model.head)
         self.eval()
 
     def early(self, frames: torch.Tensor) -> torch.Tensor:
@@ -164,21 +156,12 @@ class DeployViC(nn.Module):
         frames = clip.reshape(cfg.frames, 3, *cfg.image_size)
         return self.later(frames_to_collage(self.early(frames), cfg.grid))
 
-    def clip_shape(self) -> tuple[int, ...]:
-        return (1, self.cfg.frames, 3, *self.cfg.image_size)
-
     def frame_shape(self) -> tuple[int, ...]:
         return (1, 3, *self.cfg.image_size)
 
     def collage_shape(self) -> tuple[int, ...]:
         (rows, cols), (h, w) = self.cfg.grid, self.cfg.stage3_frame_size
         return (1, self.cfg.dims[2], rows * h, cols * w)
-
-
-def _copy_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
-    new = nn.BatchNorm2d(bn.num_features, eps=bn.eps)
-    new.load_state_dict(bn.state_dict())
-    return new
 
 
 def to_deploy(model: VidConv) -> DeployViC:

@@ -61,10 +61,12 @@ def export_graph(
     input_name: str,
     output_name: str,
     forbidden: frozenset[str] = frozenset(),
+    reference: np.ndarray | None = None,
 ) -> ExportedGraph:
     """Export ``module`` on ``example``, simplify, check, and measure its error against PyTorch.
 
-    Raises RuntimeError if a ``forbidden`` op type survives simplification: that is a bug in a
+    The error is measured against ``reference`` when given (e.g. the original model's output for a
+    rewritten module), else against ``module(example)``. Raises RuntimeError if a ``forbidden`` op type survives simplification: that is a bug in a
     rewrite, not a user error.
     """
     module.eval()
@@ -75,7 +77,7 @@ def export_graph(
             module, (example,), buffer, dynamo=False, opset_version=OPSET,
             input_names=[input_name], output_names=[output_name], do_constant_folding=True,
         )
-        expected = module(example).numpy()
+        expected = module(example).numpy() if reference is None else reference
     model, ok = onnxsim.simplify(onnx.load_from_string(buffer.getvalue()))
     if not ok:
         raise RuntimeError("onnxsim could not validate the simplified graph")
