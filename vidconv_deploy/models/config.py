@@ -22,23 +22,49 @@ class ArchSpec:
     dims: tuple[int, int, int, int]
     depths: tuple[int, int, int, int]
     neck_dim: int
+    image_size: int = 224
 
 
 #: Paper Table 1. ViC-B keeps C3 = 2304 as the table says (the authors' head default would be 3 * 1024).
+#: ``vic-nano`` is ours: the demo model, small enough to train on two CPU cores in minutes; its
+#: widths are multiples of 16 so every conv fills the DPU's channel parallelism.
 ARCHS: dict[str, ArchSpec] = {
+    "vic-nano": ArchSpec(dims=(32, 64, 128, 256), depths=(1, 1, 2, 1), neck_dim=256, image_size=64),
     "vic-t": ArchSpec(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), neck_dim=2304),
     "vic-s": ArchSpec(dims=(96, 192, 384, 768), depths=(3, 3, 27, 3), neck_dim=2304),
     "vic-b": ArchSpec(dims=(128, 256, 512, 1024), depths=(3, 3, 27, 3), neck_dim=2304),
 }
 
+#: Deploy variants change the math so that every op has a DPU kernel (``vic-t-dpu``): LayerNorm
+#: becomes BatchNorm (folded into a neighbouring conv at export) and GELU becomes ReLU. They are
+#: not exact; they are distilled from the faithful model (``vidconv-finetune``).
+VARIANTS: dict[str, dict[str, str]] = {
+    "dpu": {"norm": "batch", "act": "relu"},
+}
+
+
+def arch_names() -> list[str]:
+    """Every architecture name a user can ask for: the base archs and their deploy variants."""
+    return [*ARCHS, *(f"{base}-{variant}" for base in ARCHS for variant in VARIANTS)]
+
+
+def split_arch(arch: str) -> tuple[str, dict[str, str]]:
+    """``vic-t-dpu`` -> (``vic-t``, the variant's settings); a base arch has no settings."""
+    for variant, settings in VARIANTS.items():
+        base = arch.removesuffix(f"-{variant}")
+        if base != arch and base in ARCHS:
+            return base, settings
+    return arch, {}
+
 
 def arch_spec(arch: str) -> ArchSpec:
-    """Look up an architecture by name; a typo gets the closest names as a suggestion."""
+    """Look up an architecture (or a deploy variant's base) by name; a typo gets the closest names."""
+    base, _ = split_arch(arch)
     try:
-        return ARCHS[arch]
+        return ARCHS[base]
     except KeyError:
-        close = difflib.get_close_matches(arch, ARCHS, n=2)
-        hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(ARCHS)}"
+        close = difflib.get_close_matches(arch, arch_names(), n=2)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(arch_names())}"
         raise UserError(f"unknown architecture {arch!r}: {hint}") from None
 
 
@@ -80,8 +106,14 @@ class ViCConfig:
     dropout: float = 0.4
     layer_scale_init: float = 1e-6
     temporal_scale_init: float = 1e-2
+    norm: str = "layer"
+    act: str = "gelu"
 
     def __post_init__(self) -> None:
+        if self.norm not in ("layer", "batch") or self.act not in ("gelu", "relu"):
+            raise UserError(
+                f"norm {self.norm!r} / act {self.act!r} not supported: norm is 'layer' or 'batch', act 'gelu' or 'relu'"
+            )
         for side in self.image_size:
             if side < 32 or side % 32:
                 raise UserError(
@@ -134,13 +166,17 @@ def make_config(
     arch: str,
     num_classes: int = 400,
     frames: int = 9,
-    image_size: int | tuple[int, int] = 224,
+    image_size: int | tuple[int, int] | None = None,
     neck: bool = True,
     grid: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> ViCConfig:
-    """Build a config from an arch name; ``overrides`` may replace dims/depths/neck_dim (tiny test models)."""
+    """Build a config from an arch name; ``overrides`` may replace dims/depths/neck_dim (tiny test models).
+
+    The image size defaults to the arch's own (224 for the paper's models, 64 for ``vic-nano``).
+    """
     spec = arch_spec(arch)
+    _, variant = split_arch(arch)
     if grid is None:
         grid = grid_for_frames(frames)
     else:
@@ -154,8 +190,9 @@ def make_config(
         "neck_dim": spec.neck_dim,
         "num_classes": num_classes,
         "grid": grid,
-        "image_size": _pair(image_size),
+        "image_size": _pair(spec.image_size if image_size is None else image_size),
         "neck": neck,
+        **variant,
     }
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     return ViCConfig(**fields)

@@ -22,6 +22,16 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+def norm2d(kind: str, dim: int) -> nn.Module:
+    """The NCHW channel norm of a config: ConvNeXt's LayerNorm, or BatchNorm in the deploy variants."""
+    return LayerNorm2d(dim, eps=1e-6) if kind == "layer" else nn.BatchNorm2d(dim)
+
+
+def activation(kind: str) -> nn.Module:
+    """GELU (the paper's) or ReLU (the deploy variants': the DPU fuses it into the conv)."""
+    return nn.GELU() if kind == "gelu" else nn.ReLU()
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch of a sample with probability ``p`` (training only)."""
 
@@ -41,14 +51,20 @@ class DropPath(nn.Module):
 
 
 class ConvNeXtBlock(nn.Module):
-    """dwconv 7x7 -> LayerNorm -> Linear 4C -> GELU -> Linear C -> gamma -> residual (ConvNeXt, Liu et al. 2022)."""
+    """dwconv 7x7 -> LayerNorm -> Linear 4C -> GELU -> Linear C -> gamma -> residual (ConvNeXt, Liu et al. 2022).
 
-    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init: float = 1e-6) -> None:
+    ``norm="batch"``/``act="relu"`` give the deploy variant's block with the same parameter names,
+    so a faithful checkpoint initialises it tensor for tensor.
+    """
+
+    def __init__(
+        self, dim: int, drop_path: float = 0.0, layer_scale_init: float = 1e-6, norm: str = "layer", act: str = "gelu"
+    ) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if norm == "layer" else nn.BatchNorm2d(dim)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()
+        self.act = activation(act)
         self.pwconv2 = nn.Linear(4 * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.drop_path = DropPath(drop_path)
@@ -58,8 +74,12 @@ class ConvNeXtBlock(nn.Module):
         return self.dwconv(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mixed(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        y = self.mixed(x)
+        if isinstance(self.norm, nn.BatchNorm2d):
+            y = self.norm(y).permute(0, 2, 3, 1)
+        else:
+            y = self.norm(y.permute(0, 2, 3, 1))
+        y = self.pwconv2(self.act(self.pwconv1(y)))
         y = (self.gamma * y).permute(0, 3, 1, 2)
         return x + self.drop_path(y)
 
@@ -82,8 +102,10 @@ class TemporalBlock(ConvNeXtBlock):
         drop_path: float = 0.0,
         layer_scale_init: float = 1e-6,
         temporal_scale_init: float = 1e-2,
+        norm: str = "layer",
+        act: str = "gelu",
     ) -> None:
-        super().__init__(dim, drop_path, layer_scale_init)
+        super().__init__(dim, drop_path, layer_scale_init, norm, act)
         self.grid = grid
         self.dwconv_tem = nn.Conv2d(dim, dim, kernel_size=grid, dilation=frame_size, groups=dim)
         self.gamma_tem = nn.Parameter(torch.full((dim,), temporal_scale_init))

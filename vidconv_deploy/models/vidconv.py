@@ -18,7 +18,7 @@ from torch import nn
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.models.collage import frames_to_collage
 from vidconv_deploy.models.config import ViCConfig, make_config
-from vidconv_deploy.models.layers import ConvNeXtBlock, LayerNorm2d, TemporalBlock
+from vidconv_deploy.models.layers import ConvNeXtBlock, TemporalBlock, activation, norm2d
 
 #: Stages (0-based) that run per frame before the collage; the rest run on the collage.
 EARLY_STAGES = (0, 1)
@@ -31,11 +31,11 @@ class VidConvBackbone(nn.Module):
         super().__init__()
         dims, depths = cfg.dims, cfg.depths
         self.downsample_layers = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6))]
+            [nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), norm2d(cfg.norm, dims[0]))]
         )
         for i in range(3):
             self.downsample_layers.append(
-                nn.Sequential(LayerNorm2d(dims[i], eps=1e-6), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
+                nn.Sequential(norm2d(cfg.norm, dims[i]), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
             )
         total = sum(depths)
         rates = [cfg.drop_path_rate * k / max(total - 1, 1) for k in range(total)]  # linear 0 -> rate
@@ -43,12 +43,14 @@ class VidConvBackbone(nn.Module):
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             first = sum(depths[:i])
             if i in EARLY_STAGES:
-                blocks = [ConvNeXtBlock(dim, rates[first + j], cfg.layer_scale_init) for j in range(depth)]
+                blocks = [
+                    ConvNeXtBlock(dim, rates[first + j], cfg.layer_scale_init, cfg.norm, cfg.act) for j in range(depth)
+                ]
             else:
                 blocks = [
                     TemporalBlock(
                         dim, cfg.grid, cfg.temporal_dilation(i), rates[first + j],
-                        cfg.layer_scale_init, cfg.temporal_scale_init,
+                        cfg.layer_scale_init, cfg.temporal_scale_init, cfg.norm, cfg.act,
                     )
                     for j in range(depth)
                 ]
@@ -68,7 +70,7 @@ class VidConvBackbone(nn.Module):
 
 
 class Neck(nn.Module):
-    """Conv (kernel = grid, dilation = per-frame size, no padding, no bias) + BatchNorm + GELU."""
+    """Conv (kernel = grid, dilation = per-frame size, no padding, no bias) + BatchNorm + GELU (ReLU in deploy variants)."""
 
     def __init__(self, cfg: ViCConfig) -> None:
         super().__init__()
@@ -76,7 +78,7 @@ class Neck(nn.Module):
             cfg.dims[3], cfg.neck_dim, kernel_size=cfg.grid, dilation=cfg.stage4_frame_size, bias=False
         )
         self.bn = nn.BatchNorm2d(cfg.neck_dim)
-        self.act = nn.GELU()
+        self.act = activation(cfg.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -136,12 +138,12 @@ def build_model(
     arch: str,
     num_classes: int = 400,
     frames: int = 9,
-    image_size: int | tuple[int, int] = 224,
+    image_size: int | tuple[int, int] | None = None,
     neck: bool = True,
     grid: tuple[int, int] | None = None,
     **overrides: Any,
 ) -> VidConv:
-    """Build a VidConv from an architecture name (``vic-t``, ``vic-s``, ``vic-b``).
+    """Build a VidConv from an architecture name (``vic-nano``, ``vic-t``, ``vic-s``, ``vic-b``, or a ``-dpu`` variant).
 
     ``frames`` must be a square number unless ``grid`` (rows, cols) is given. ``overrides`` set
     any other :class:`ViCConfig` field, e.g. ``drop_path_rate=0.25`` or tiny ``dims``/``depths`` for tests.
