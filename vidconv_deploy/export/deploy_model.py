@@ -3,6 +3,8 @@
 Everything is NCHW: the blocks' Linear layers become 1x1 convs, the channels-last LayerNorm
 becomes a LayerNorm over the channel axis written with ReduceMean/Sub/Pow/Sqrt/Div (no Transpose
 pairs), and every shape is a Python constant from the config (no Shape/Gather in the graph).
+Deploy variants (``norm="batch"``, ``act="relu"``) keep their BatchNorms and ReLUs here; the
+DPU passes fold the BatchNorms into neighbouring convs.
 :func:`to_deploy` is exact: the result computes what the VidConv computes, up to float rounding.
 The ``passes`` module then folds scales and picks per-target lowerings.
 
@@ -93,6 +95,14 @@ class TemporalBranch(nn.Module):
         return self.tile(self.scale(self.conv(x)))
 
 
+def _norm(norm: nn.Module) -> nn.Module:
+    """A channel norm on NCHW: LayerNorm in elementwise ops, or a copy of a variant's BatchNorm."""
+    if isinstance(norm, nn.BatchNorm2d):
+        return copy.deepcopy(norm)
+    assert isinstance(norm, (LayerNorm2d, nn.LayerNorm))
+    return ChannelLayerNorm(norm.weight, norm.bias, norm.eps)
+
+
 class DeployBlock(nn.Module):
     """A ConvNeXt or VidConv block on NCHW: dw 7x7 (+ temporal) -> LN -> 1x1 -> GELU -> 1x1 -> gamma -> +x."""
 
@@ -100,9 +110,9 @@ class DeployBlock(nn.Module):
         super().__init__()
         self.spatial = copy.deepcopy(block.dwconv)
         self.temporal = TemporalBranch(block) if isinstance(block, TemporalBlock) else None
-        self.norm: nn.Module = ChannelLayerNorm(block.norm.weight, block.norm.bias, block.norm.eps)
+        self.norm: nn.Module = _norm(block.norm)
         self.pw1 = conv1x1_from_linear(block.pwconv1)
-        self.act: nn.Module = nn.GELU()
+        self.act: nn.Module = copy.deepcopy(block.act)
         self.pw2 = conv1x1_from_linear(block.pwconv2)
         self.layer_scale: nn.Module = ChannelScale(block.gamma)
 
@@ -112,10 +122,6 @@ class DeployBlock(nn.Module):
             y = y + self.temporal(x)
         y = self.pw2(self.act(self.pw1(self.norm(y))))
         return x + self.layer_scale(y)
-
-
-def _norm(norm: LayerNorm2d) -> ChannelLayerNorm:
-    return ChannelLayerNorm(norm.weight, norm.bias, norm.eps)
 
 
 class DeployViC(nn.Module):
@@ -137,7 +143,8 @@ class DeployViC(nn.Module):
         self.stage3, self.down4, self.stage4 = stages[2], downs[2], stages[3]
         self.neck: nn.Module = nn.Identity()
         if model.neck is not None:
-            self.neck = nn.Sequential(copy.deepcopy(model.neck.conv), copy.deepcopy(model.neck.bn), nn.GELU())
+            neck = model.neck
+            self.neck = nn.Sequential(copy.deepcopy(neck.conv), copy.deepcopy(neck.bn), copy.deepcopy(neck.act))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = copy.deepcopy(model.head)
         self.eval()
