@@ -9,7 +9,8 @@ Each graph is checked against the PyTorch model with ONNX Runtime (relative erro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,64 @@ def streaming_logits(early: ExportedGraph, later: ExportedGraph, clip: np.ndarra
     return run_onnx(later.model, {later.input_name: collage})[0]
 
 
+@dataclasses.dataclass
+class ExportedViC:
+    """The graphs of one export and how closely each matches PyTorch."""
+
+    deploy: DeployViC
+    whole: ExportedGraph
+    early: ExportedGraph
+    later: ExportedGraph
+    verification: dict[str, Any]
+
+
+def export_graphs(model: VidConv, bundle: Bundle, passes: Sequence[Pass], seed: int, advance: Callable[[str], None]) -> ExportedViC:
+    """Write ``float_onnx``, ``deploy_onnx``, ``early_onnx`` and ``later_onnx``; fail if any is not exact.
+
+    Exact means relative error <= :data:`REWRITE_TOLERANCE` against ``model`` in PyTorch on one random
+    clip; the streaming split is run as a host runs it (early graph per frame, host collage).
+    """
+    model.eval()
+    cfg = model.cfg
+    clip = torch.randn((1, cfg.frames, 3, *cfg.image_size), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        reference = model(clip).numpy()
+    verification: dict[str, Any] = {"tolerance": REWRITE_TOLERANCE, "input": f"one random clip (seed {seed})"}
+    with bundle.step("export float graph"):
+        plain = export_graph(model, clip, "clip", "logits", reference=reference)
+        bundle.write_onnx("float_onnx", "float.onnx", plain.model)
+        bundle.io["float_onnx"] = plain.io()
+    advance("rewriting")
+    with bundle.step("rewrite") as record:
+        deploy: DeployViC = apply_passes(to_deploy(model), passes)
+        record["passes"] = [p.name for p in passes]
+    with bundle.step("export deploy graph"):
+        whole = export_graph(deploy, clip, "clip", "logits", DEPLOY_FORBIDDEN, reference=reference)
+        bundle.write_onnx("deploy_onnx", "deploy.onnx", whole.model)
+        bundle.io["deploy_onnx"] = whole.io()
+        verification["deploy_vs_torch"] = whole.max_relative_error
+    advance("exporting the streaming split")
+    with bundle.step("export streaming split"):
+        early = export_graph(MethodModule(deploy, deploy.early), torch.randn(deploy.frame_shape()), "frame", "features",
+                             STREAMING_FORBIDDEN)
+        later = export_graph(MethodModule(deploy, deploy.later), torch.randn(deploy.collage_shape()), "collage", "logits",
+                             STREAMING_FORBIDDEN)
+        bundle.write_onnx("early_onnx", "early.onnx", early.model)
+        bundle.write_onnx("later_onnx", "later.onnx", later.model)
+        bundle.io["early_onnx"], bundle.io["later_onnx"] = early.io(), later.io()
+        verification["streaming_vs_torch"] = relative_error(streaming_logits(early, later, clip.numpy(), cfg.grid), reference)
+    verification["float_vs_torch"] = plain.max_relative_error
+    failed = {k: v for k, v in verification.items() if k.endswith("_vs_torch") and v > REWRITE_TOLERANCE}
+    if failed:
+        raise RuntimeError(f"rewrite exceeds relative error {REWRITE_TOLERANCE}: {failed}")
+    return ExportedViC(deploy, whole, early, later, verification)
+
+
+def stderr_progress() -> Progress:
+    """A transient progress display on stderr, so stdout stays clean for JSON."""
+    return Progress(console=Console(stderr=True), transient=True)
+
+
 def export_onnx_bundle(
     model: VidConv,
     bundle: Bundle,
@@ -48,52 +107,20 @@ def export_onnx_bundle(
     seed: int = 0,
 ) -> tuple[dict[str, Any], bool]:
     """Export ``model`` into ``bundle``; return the verification figures and whether the deploy graph complies."""
-    model.eval()
-    cfg = model.cfg
-    clip = torch.randn((1, cfg.frames, 3, *cfg.image_size), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        reference = model(clip).numpy()
-    verification: dict[str, Any] = {"tolerance": REWRITE_TOLERANCE, "input": f"one random clip (seed {seed})"}
-    with Progress(console=Console(stderr=True), transient=True) as progress:  # stdout stays clean for JSON
+    with stderr_progress() as progress:
         task = progress.add_task("exporting", total=4)
 
         def advance(what: str) -> None:
             progress.update(task, advance=1, description=what)
 
-        with bundle.step("export float graph"):
-            plain = export_graph(model, clip, "clip", "logits", reference=reference)
-            bundle.write_onnx("float_onnx", "float.onnx", plain.model)
-            bundle.io["float_onnx"] = plain.io()
-        advance("rewriting")
-        with bundle.step("rewrite") as record:
-            deploy: DeployViC = apply_passes(to_deploy(model), passes)
-            record["passes"] = [p.name for p in passes]
-        with bundle.step("export deploy graph"):
-            whole = export_graph(deploy, clip, "clip", "logits", DEPLOY_FORBIDDEN, reference=reference)
-            bundle.write_onnx("deploy_onnx", "deploy.onnx", whole.model)
-            bundle.io["deploy_onnx"] = whole.io()
-            verification["deploy_vs_torch"] = whole.max_relative_error
-        advance("exporting the streaming split")
-        with bundle.step("export streaming split"):
-            early = export_graph(MethodModule(deploy, deploy.early), torch.randn(deploy.frame_shape()), "frame", "features",
-                                 STREAMING_FORBIDDEN)
-            later = export_graph(MethodModule(deploy, deploy.later), torch.randn(deploy.collage_shape()), "collage", "logits",
-                                 STREAMING_FORBIDDEN)
-            bundle.write_onnx("early_onnx", "early.onnx", early.model)
-            bundle.write_onnx("later_onnx", "later.onnx", later.model)
-            bundle.io["early_onnx"], bundle.io["later_onnx"] = early.io(), later.io()
-            verification["streaming_vs_torch"] = relative_error(streaming_logits(early, later, clip.numpy(), cfg.grid), reference)
-        verification["float_vs_torch"] = plain.max_relative_error
+        exported = export_graphs(model, bundle, passes, seed, advance)
         advance("checking operators")
         with bundle.step("check operators") as record:
-            result = check_model(whole.model, rule_set)
+            result = check_model(exported.whole.model, rule_set)
             bundle.write_json("compliance_json", "compliance.json", result.to_dict())
             record["rule_set"], record["compliant"] = rule_set, result.compliant
         advance("done")
-    failed = {k: v for k, v in verification.items() if k.endswith("_vs_torch") and v > REWRITE_TOLERANCE}
-    if failed:
-        raise RuntimeError(f"rewrite exceeds relative error {REWRITE_TOLERANCE}: {failed}")
-    return verification, result.compliant
+    return exported.verification, result.compliant
 
 
 def bundle_dir(out: Path, arch: str, target: str) -> Path:
