@@ -80,6 +80,19 @@ class Bundle:
     def write_json(self, role: str, filename: str, obj: Any) -> Path:
         return self.write(role, filename, json.dumps(obj, indent=2) + "\n")
 
+    def record_dir(self, role: str, dirname: str) -> Path:
+        """Record a folder artifact (golden vectors, compile scripts) with each file's size and hash.
+
+        Its files were written atomically one by one; the manifest, written last, vouches for the set.
+        """
+        root = self.directory / dirname
+        files = {
+            str(path.relative_to(root)): {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            for path in sorted(root.rglob("*")) if path.is_file()
+        }
+        self.artifacts[role] = {"dir": dirname, "files": files}
+        return root
+
     def finish(self, **fields: Any) -> Path:
         """Write ``manifest.json`` (last, atomically) and return its path."""
         manifest = {

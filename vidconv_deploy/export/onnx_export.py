@@ -91,12 +91,18 @@ def export_graph(
     )
 
 
-def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a graph with ONNX Runtime on the CPU, graph optimisations off so it computes what the graph says."""
+def ort_session(model: onnx.ModelProto | bytes) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with graph optimisations off, so it computes what the graph says
+    (with them on, ORT would fuse QDQ pairs into integer kernels with their own rounding)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a graph once with :func:`ort_session`."""
+    return ort_session(model).run(None, feeds)
 
 
 def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
