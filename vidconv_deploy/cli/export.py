@@ -1,7 +1,10 @@
-"""``vidconv-export``: build or load a VidConv, rewrite it, export it to ONNX and check it for a target.
+"""``vidconv-export``: build or load a VidConv, rewrite it, export it and carry it to a target.
 
-With no arguments it runs the embedded default: ViC-T, 9 frames at 224x224, target ``onnx``,
-into ``build/vic-t-onnx/``.
+Targets: ``onnx`` (exact standard-op graphs and the streaming split) and ``dpu-<board>`` (the DPU
+variant lowered, checked, quantized with vai_q_pytorch's arithmetic, the integer reference and
+golden vectors, the Vitis AI compile step and the board dir). With no arguments it runs the
+embedded default: the shipped demo model ``vic-nano`` to ``onnx``; ``--target dpu-kv260`` alone
+takes the shipped ``vic-nano-dpu`` and synthetic calibration videos.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -18,83 +22,171 @@ from rich.table import Table
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.cli.info import parse_grid
+from vidconv_deploy.dpu.boards import dpu_targets
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.bundle import MANIFEST, Bundle
 from vidconv_deploy.export.pipeline import bundle_dir, export_onnx_bundle
-from vidconv_deploy.models.config import ARCHS
+from vidconv_deploy.models.config import arch_names, split_arch
 from vidconv_deploy.models.vidconv import VidConv, build_model
+from vidconv_deploy.models.zoo import model_card, shipped_weights
 
-#: Export targets and the rule set each one's deploy graph is checked against.
-EXPORT_TARGETS = {"onnx": "onnx"}
 #: Targets the checker knows whose export pipelines are still to come.
-PLANNED_TARGETS = ("dpu-zcu102", "dpu-zcu104", "dpu-kv260", "dpu-vck190", "dpu-vek280", "finn-kv260", "finn-zcu104")
+PLANNED_TARGETS = ("finn-kv260", "finn-zcu104", "finn-pynq-z2", "finn-vck190")
 DEFAULT_SEED = 0
+DEFAULT_ARCH = {"onnx": "vic-nano", "dpu": "vic-nano-dpu"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vidconv-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="onnx", help="export target (default: onnx)")
-    parser.add_argument("--arch", default="vic-t", help=f"architecture: {', '.join(ARCHS)} (default vic-t)")
+    parser.add_argument("--target", default="onnx", help="onnx or dpu-<board> (default: onnx)")
+    parser.add_argument("--arch", help=f"architecture: {', '.join(arch_names())} "
+                                       f"(default: the shipped vic-nano, or vic-nano-dpu for dpu-* targets)")
     parser.add_argument("--checkpoint", type=Path, help="weights: authors' MMAction2 .pth, ImageNet ConvNeXt, or vidconv .safetensors")
     parser.add_argument("--frames", type=int, default=9, help="frames per clip (default 9)")
     parser.add_argument("--grid", help="collage grid ROWSxCOLS when frames is not a square")
-    parser.add_argument("--image-size", type=int, default=224, help="frame size, a multiple of 32 (default 224)")
-    parser.add_argument("--classes", type=int, default=400, help="number of classes (default 400)")
+    parser.add_argument("--image-size", type=int, help="frame size, a multiple of 32 (default: the arch's, 224 or 64)")
+    parser.add_argument("--classes", type=int, default=400, help="number of classes of a randomly initialised model (default 400)")
     parser.add_argument("--no-neck", action="store_true", help="model without the dilated neck conv")
+    parser.add_argument("--calib", type=Path, help="calibration videos: a dataset folder or a folder of videos (dpu targets)")
+    parser.add_argument("--calib-clips", type=int, default=16, help="calibration clips (default 16)")
+    parser.add_argument("--eval", type=Path, help="dataset folder: score its test split and put accuracy in the report")
     parser.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build/)")
     return parser.parse_args(argv)
 
 
-def check_target(name: str) -> str:
-    """The rule set for export target ``name``; unknown or not-yet-available targets are a one-line error."""
-    if name in EXPORT_TARGETS:
-        return EXPORT_TARGETS[name]
-    available = ", ".join(EXPORT_TARGETS)
+def target_family(name: str) -> str:
+    """``onnx`` or ``dpu``; an unknown or not-yet-available target is a one-line error with suggestions."""
+    if name == "onnx":
+        return "onnx"
+    dpus = dpu_targets()
+    if name in dpus:
+        return "dpu"
+    available = ", ".join(["onnx", *dpus])
     if name in PLANNED_TARGETS:
         raise UserError(f"target {name!r} has no export pipeline yet: use --target {available}, "
                         f"and 'vidconv-check MODEL.onnx --target {name}' to check a graph against it")
-    close = difflib.get_close_matches(name, [*EXPORT_TARGETS, *PLANNED_TARGETS], n=2)
+    close = difflib.get_close_matches(name, ["onnx", *dpus, *PLANNED_TARGETS], n=2)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise UserError(f"unknown target {name!r}: {hint}available: {available}")
 
 
-def load_weights(args: argparse.Namespace) -> tuple[VidConv, dict[str, str]]:
+def load_weights(args: argparse.Namespace, family: str) -> tuple[VidConv, dict[str, Any]]:
     """The model to export and a record of where its weights came from."""
+    arch = args.arch or DEFAULT_ARCH[family]
 
     def build() -> VidConv:
-        return build_model(args.arch, num_classes=args.classes, frames=args.frames, image_size=args.image_size,
+        return build_model(arch, num_classes=args.classes, frames=args.frames, image_size=args.image_size,
                            neck=not args.no_neck, grid=parse_grid(args.grid))
 
-    if args.checkpoint is not None:
-        model, report = load_model(args.checkpoint, build)
-        return model, {"source": str(args.checkpoint), "layout": report.layout, "report": report.summary()}
-    torch.manual_seed(DEFAULT_SEED)
-    return build(), {"source": f"random initialisation (seed {DEFAULT_SEED}): no --checkpoint given"}
+    checkpoint = args.checkpoint
+    if checkpoint is None and args.arch is None:
+        checkpoint = shipped_weights(arch)
+    if checkpoint is not None:
+        model, report = load_model(checkpoint, build)
+        weights = {"source": str(checkpoint), "layout": report.layout, "report": report.summary()}
+        if checkpoint == shipped_weights(arch):
+            weights["source"] = f"shipped demo weights models/{checkpoint.name} (model card models/{arch}.yaml)"
+    else:
+        torch.manual_seed(DEFAULT_SEED)
+        model = build()
+        weights = {"source": f"random initialisation (seed {DEFAULT_SEED}): no --checkpoint given"}
+    if family == "dpu" and not split_arch(model.cfg.arch)[1]:
+        model, note = to_dpu_variant(model)
+        weights["conversion"] = note
+    return model, weights
+
+
+def to_dpu_variant(model: VidConv) -> tuple[VidConv, str]:
+    """A faithful model's DPU variant initialised from its weights (not distilled: say so)."""
+    cfg = model.cfg
+    variant = build_model(f"{cfg.arch}-dpu", **{k: v for k, v in cfg.to_dict().items() if k not in ("arch", "norm", "act")})
+    missing = variant.load_state_dict(model.state_dict(), strict=False)
+    note = (f"{cfg.arch} converted to {cfg.arch}-dpu (LayerNorm -> BatchNorm with unit statistics, GELU -> ReLU) "
+            f"without distillation: accuracy is NOT that of the faithful model; run vidconv-finetune --teacher CKPT "
+            f"--student {cfg.arch}-dpu first ({len(missing.missing_keys)} BatchNorm statistics initialised)")
+    Console(stderr=True).print(f"[yellow]warning:[/] {note}")
+    return variant.eval(), note
+
+
+def class_names(args: argparse.Namespace, model: VidConv) -> list[str]:
+    """Class names from the shipped model card, else the calibration/eval dataset's classes.txt, else class_<i>."""
+    names = model_card(model.cfg.arch).get("data", {}).get("classes", [])
+    for folder in (args.eval, args.calib):
+        if not names and folder is not None and (folder / "classes.txt").is_file():
+            names = (folder / "classes.txt").read_text(encoding="utf-8").split()
+    n = model.cfg.num_classes
+    return list(names) if len(names) == n else [f"class_{i}" for i in range(n)]
+
+
+def print_artifacts(bundle: Bundle, title: str) -> None:
+    table = Table(title=title)
+    for column in ("artifact", "file", "bytes"):
+        table.add_column(column, justify="right" if column == "bytes" else "left")
+    for role, art in bundle.artifacts.items():
+        if "dir" in art:
+            table.add_row(role, art["dir"] + "/", f"{sum(f['bytes'] for f in art['files'].values()):,} in {len(art['files'])} files")
+        else:
+            table.add_row(role, art["file"], f"{art['bytes']:,}")
+    table.add_row("manifest", MANIFEST, "")
+    Console().print(table)
+
+
+def export_dpu(args: argparse.Namespace, model: VidConv, weights: dict[str, Any], bundle: Bundle) -> bool:
+    """The DPU pipeline + report; returns whether the graphs comply with the target."""
+    from vidconv_deploy.data.calibration import calibration_clips
+    from vidconv_deploy.export.dpu_pipeline import export_dpu_bundle
+    from vidconv_deploy.export.dpu_report import dpu_report
+
+    cfg = model.cfg
+    clips, source, skips = calibration_clips(args.calib, cfg.frames, cfg.image_size, args.calib_clips)
+    result = export_dpu_bundle(model, bundle, args.target, clips, class_names(args, model), source)
+    facts = {"arch": cfg.arch, "config": cfg.to_dict(), "weights": weights}
+    accuracy = None
+    if args.eval is not None:
+        accuracy = evaluate_into(bundle, facts, result.verification, result.compliant, args.eval)
+    dpu_report(bundle, result, {"arch": cfg.arch, "weights": weights["source"]}, accuracy)
+    bundle.record_file("report", "report.md")
+    bundle.record_file("report_html", "report.html")
+    bundle.record_dir("report_files", "report_files")
+    bundle.finish(model=facts, verification=result.verification, compliant=result.compliant,
+                  calibration={"source": source, "skipped": skips.to_dict()}, reference=result.reference,
+                  compile=result.compile, throughput=result.throughput, accuracy=accuracy)
+    ref = " ".join(f"{g} {'bit-exact' if r['bit_exact_vs_onnxruntime'] else 'NOT bit-exact'}"
+                   for g, r in result.reference.items())
+    Console().print(f"{args.target} rules: {'compliant, every op on the DPU' if result.compliant else 'NOT compliant, see report.md'}; "
+                    f"integer reference vs ONNX Runtime: {ref}; xmodel: "
+                    f"{'built' if result.compile['ran'] else 'not built here (see compile/docker_run.sh)'}")
+    return result.compliant
+
+
+def evaluate_into(bundle: Bundle, facts: dict[str, Any], verification: dict[str, Any], compliant: bool, data: Path) -> list[dict]:
+    """Score the finished bundle's classifiers on ``data``'s test split (the manifest must exist to be read)."""
+    from vidconv_deploy.cli.evaluate import evaluate_bundle
+
+    bundle.finish(model=facts, verification=verification, compliant=compliant)  # provisional, rewritten below
+    return evaluate_bundle(bundle.directory, data)["orders"]["normal"]
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
-    rule_set = check_target(args.target)
+    family = target_family(args.target)
     console = Console(stderr=True)
-    model, weights = load_weights(args)
+    model, weights = load_weights(args, family)
     console.print(f"weights: {weights.get('report', weights['source'])}")
     out = bundle_dir(args.out, model.cfg.arch, args.target)
     bundle = Bundle(out, args.target)
-    verification, compliant = export_onnx_bundle(model, bundle, rule_set=rule_set)
+    if family == "dpu":
+        compliant = export_dpu(args, model, weights, bundle)
+        print_artifacts(bundle, f"{model.cfg.arch} -> {args.target}: {out}")
+        return 0 if compliant else 1
+    verification, compliant = export_onnx_bundle(model, bundle, rule_set="onnx")
     bundle.finish(model={"arch": model.cfg.arch, "config": model.cfg.to_dict(), "weights": weights},
                   verification=verification, compliant=compliant)
-    table = Table(title=f"{model.cfg.arch} -> {args.target}: {out}")
-    table.add_column("artifact")
-    table.add_column("file")
-    table.add_column("bytes", justify="right")
-    for role, art in bundle.artifacts.items():
-        table.add_row(role, art["file"], f"{art['bytes']:,}")
-    table.add_row("manifest", MANIFEST, "")
-    Console().print(table)
+    print_artifacts(bundle, f"{model.cfg.arch} -> {args.target}: {out}")
     figures = ", ".join(f"{k} {v:.1e}" for k, v in verification.items() if k.endswith("_vs_torch"))
     Console().print(f"relative error vs PyTorch: {figures} (tolerance {verification['tolerance']:.0e}); "
-                    f"{rule_set} rules: {'compliant' if compliant else 'NOT compliant, see compliance.json'}")
+                    f"onnx rules: {'compliant' if compliant else 'NOT compliant, see compliance.json'}")
     return 0
 
 

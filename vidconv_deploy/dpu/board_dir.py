@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 
 import onnx
@@ -28,7 +29,7 @@ BOARD_JSON = "board.json"
 FORMAT = "vidconv-board/1"
 GRAPHS = ("early", "later")
 #: The runner in a source checkout (hw/board); a wheel install does not carry it.
-RUNNER = Path(__file__).resolve().parents[2] / "hw" / "board" / "run_xmodel.py"
+RUNNER = Path(str(resources.files("vidconv_deploy") / "board_runner" / "run_xmodel.py"))
 
 
 def _scale_fix_point(model: onnx.ModelProto, scale_name: str) -> int:

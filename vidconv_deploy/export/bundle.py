@@ -80,6 +80,13 @@ class Bundle:
     def write_json(self, role: str, filename: str, obj: Any) -> Path:
         return self.write(role, filename, json.dumps(obj, indent=2) + "\n")
 
+    def record_file(self, role: str, filename: str) -> Path:
+        """Record a file another module wrote atomically into the bundle (e.g. the report)."""
+        path = self.directory / filename
+        data = path.read_bytes()
+        self.artifacts[role] = {"file": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return path
+
     def record_dir(self, role: str, dirname: str) -> Path:
         """Record a folder artifact (golden vectors, compile scripts) with each file's size and hash.
 

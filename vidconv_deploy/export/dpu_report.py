@@ -1,0 +1,78 @@
+"""``report.md`` / ``report.html`` of a DPU bundle: what ran and what did not, the partition, the
+integer reference's verdicts, per-layer error with plots, the compile step and the throughput bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vidconv_deploy.export.bundle import Bundle
+from vidconv_deploy.export.dpu_pipeline import GRAPHS, DpuExport
+from vidconv_deploy.report import Report
+
+
+def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], accuracy: list[dict] | None = None
+               ) -> tuple[Path, Path]:
+    """Write the report into the bundle (both renderings) and return their paths."""
+    report = Report(f"{model_facts['arch']} -> {bundle.target}")
+    report.section("What ran").table(
+        ["step", "status", "seconds / reason"],
+        [[s["name"], s["status"], s.get("seconds", s.get("reason", ""))] for s in bundle.steps])
+    report.text(f"Weights: {model_facts['weights']}.")
+
+    report.section("Partition (predicted from the target's rules)")
+    rows = []
+    for graph, part in result.partition.items():
+        for device, facts in part["devices"].items():
+            rows.append([graph, device, facts["ops"], facts["subgraphs"]])
+    report.table(["graph", "device", "ops", "subgraphs"], rows)
+    cpu = [r for r in rows if r[1] != "DPU"]
+    report.text("Every op runs on the DPU; the host only assembles the collage from int8 early outputs."
+                if not cpu else f"Ops off the DPU: {cpu} (see compliance.json for each node and the fix).")
+    report.text(f"Rule check: {'compliant' if result.compliant else 'NOT compliant'} with {bundle.target}.")
+
+    report.section("Exact rewrite (float)").table(
+        ["graph", "relative error vs PyTorch"],
+        [[k.removesuffix("_vs_torch"), v] for k, v in result.verification.items() if k.endswith("_vs_torch")])
+
+    report.section("Integer reference")
+    for graph in GRAPHS:
+        ref = result.reference[graph]
+        report.text(f"{graph}: integer reference vs ONNX Runtime fake-quant over {ref['tensors_compared']} tensors: "
+                    f"{'bit-exact' if ref['bit_exact_vs_onnxruntime'] else 'NOT bit-exact'}"
+                    + (f"; float32 fake-quant not exact for {ref['not_exact_in_float32']}" if ref["not_exact_in_float32"] else "")
+                    + ". DPU rounding (half up) differs from ONNX Runtime's (half to even) in "
+                    f"{len(ref['dpu_rounding_differs'])} tensors.")
+        if ref["dpu_rounding_differs"]:
+            report.table(["tensor", "elements", "differing", "max LSB"],
+                         [[r["tensor"], r["elements"], r["differing"], r["max_lsb"]] for r in ref["dpu_rounding_differs"]])
+
+    report.section("Per-layer error, INT8 (DPU rounding) vs float")
+    for graph in GRAPHS:
+        stats = result.layers[graph]
+        report.image(f"report_files/sqnr_{graph}.png", f"{graph} graph: SQNR per tensor")
+        worst = sorted(stats, key=lambda s: s.sqnr_db)[:8]
+        report.table(["tensor (lowest SQNR first)", "fix point", "SQNR dB", "cosine", "max |LSB| error"],
+                     [[s.float_tensor, s.fix_point, s.sqnr_db, s.cosine, s.max_lsb_error] for s in worst])
+
+    if accuracy:
+        report.section("Accuracy").table(["model", "videos", "top-1 %", "top-5 %", "agreement with float %"],
+                                         [[r["model"], r["videos"], r["top1"], r["top5"], r["agreement_with_float"]]
+                                          for r in accuracy])
+
+    report.section("Compile (Vitis AI)")
+    compiled = result.compile
+    report.text(("xmodels built: " + ", ".join(compiled.get("xmodels", []))) if compiled["ran"]
+                else f"Not run here: {compiled['reason']}. No xmodel was built.")
+    report.text("Run it: compile/docker_run.sh (the Vitis AI image from docker/vitis-ai), then copy board/ to the "
+                "board and run board/run_xmodel.py.")
+
+    t = result.throughput
+    report.section("DPU peak-throughput bound").table(
+        ["figure", "value"],
+        [["peak ops/s", f"{t['peak_ops_per_s']:.3e}"], ["DPU cores x batch", t["cores"]], ["clock MHz", t["clock_mhz"]],
+         ["ops per clip", f"{t['ops_per_clip']:.3e}"], ["clips/s bound", f"{t['clips_per_s_bound']:.1f}"],
+         ["ops per streamed frame", f"{t['ops_per_streamed_frame']:.3e}"],
+         ["streamed frames/s bound", f"{t['streamed_frames_per_s_bound']:.1f}"]])
+    report.text(t["note"] + ".")
+    return report.write(bundle.directory)
