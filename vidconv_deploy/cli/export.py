@@ -27,6 +27,7 @@ from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.bundle import MANIFEST, Bundle
 from vidconv_deploy.export.pipeline import bundle_dir, export_onnx_bundle
 from vidconv_deploy.models.config import arch_names, split_arch
+from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv, build_model
 from vidconv_deploy.models.zoo import model_card, shipped_weights
 
@@ -99,12 +100,10 @@ def load_weights(args: argparse.Namespace, family: str) -> tuple[VidConv, dict[s
 
 def to_dpu_variant(model: VidConv) -> tuple[VidConv, str]:
     """A faithful model's DPU variant initialised from its weights (not distilled: say so)."""
-    cfg = model.cfg
-    variant = build_model(f"{cfg.arch}-dpu", **{k: v for k, v in cfg.to_dict().items() if k not in ("arch", "norm", "act")})
-    missing = variant.load_state_dict(model.state_dict(), strict=False)
-    note = (f"{cfg.arch} converted to {cfg.arch}-dpu (LayerNorm -> BatchNorm with unit statistics, GELU -> ReLU) "
+    variant, initialised = init_variant(model, "dpu")
+    note = (f"{model.cfg.arch} converted to {variant.cfg.arch} (LayerNorm -> BatchNorm with unit statistics, GELU -> ReLU) "
             f"without distillation: accuracy is NOT that of the faithful model; run vidconv-finetune --teacher CKPT "
-            f"--student {cfg.arch}-dpu first ({len(missing.missing_keys)} BatchNorm statistics initialised)")
+            f"--student {variant.cfg.arch} first ({len(initialised)} BatchNorm statistics initialised)")
     Console(stderr=True).print(f"[yellow]warning:[/] {note}")
     return variant.eval(), note
 

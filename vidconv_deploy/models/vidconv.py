@@ -124,14 +124,18 @@ class VidConv(nn.Module):
             x = self.neck(x)
         return x.mean(dim=(2, 3))
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+    def forward_with_features(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled clip features the head sees (distillation matches both)."""
         frames, segs = self.split_segments(clips)
         collage = frames_to_collage(self.backbone.forward_early(frames), self.cfg.grid)
         features = self.forward_features(collage)
         # TSNHead's consensus: average the segments' features, then classify. The classifier is
         # affine, so this equals averaging the segments' scores.
         features = features.reshape(clips.shape[0], segs, -1).mean(dim=1)
-        return self.head(self.dropout(features))
+        return self.head(self.dropout(features)), features
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(clips)[0]
 
 
 def build_model(
