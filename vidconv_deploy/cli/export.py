@@ -131,7 +131,7 @@ def print_artifacts(bundle: Bundle, title: str) -> None:
     Console().print(table)
 
 
-def export_dpu(args: argparse.Namespace, model: VidConv, weights: dict[str, Any], bundle: Bundle) -> bool:
+def export_dpu(args: argparse.Namespace, model: VidConv, weights: dict[str, Any], out: Path) -> bool:
     """The DPU pipeline + report; returns whether the graphs comply with the target."""
     from vidconv_deploy.data.calibration import calibration_clips
     from vidconv_deploy.export.dpu_pipeline import export_dpu_bundle
@@ -139,6 +139,7 @@ def export_dpu(args: argparse.Namespace, model: VidConv, weights: dict[str, Any]
 
     cfg = model.cfg
     clips, source, skips = calibration_clips(args.calib, cfg.frames, cfg.image_size, args.calib_clips)
+    bundle = Bundle(out, args.target)  # only now: bad calibration input leaves no bundle behind
     result = export_dpu_bundle(model, bundle, args.target, clips, class_names(args, model), source)
     facts = {"arch": cfg.arch, "config": cfg.to_dict(), "weights": weights}
     accuracy = None
@@ -156,6 +157,7 @@ def export_dpu(args: argparse.Namespace, model: VidConv, weights: dict[str, Any]
     Console().print(f"{args.target} rules: {'compliant, every op on the DPU' if result.compliant else 'NOT compliant, see report.md'}; "
                     f"integer reference vs ONNX Runtime: {ref}; xmodel: "
                     f"{'built' if result.compile['ran'] else 'not built here (see compile/docker_run.sh)'}")
+    print_artifacts(bundle, f"{cfg.arch} -> {args.target}: {out}")
     return result.compliant
 
 
@@ -174,11 +176,9 @@ def _main(argv: Sequence[str] | None) -> int:
     model, weights = load_weights(args, family)
     console.print(f"weights: {weights.get('report', weights['source'])}")
     out = bundle_dir(args.out, model.cfg.arch, args.target)
-    bundle = Bundle(out, args.target)
     if family == "dpu":
-        compliant = export_dpu(args, model, weights, bundle)
-        print_artifacts(bundle, f"{model.cfg.arch} -> {args.target}: {out}")
-        return 0 if compliant else 1
+        return 0 if export_dpu(args, model, weights, out) else 1
+    bundle = Bundle(out, args.target)
     verification, compliant = export_onnx_bundle(model, bundle, rule_set="onnx")
     bundle.finish(model={"arch": model.cfg.arch, "config": model.cfg.to_dict(), "weights": weights},
                   verification=verification, compliant=compliant)
