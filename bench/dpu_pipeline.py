@@ -1,0 +1,124 @@
+"""Benchmark the DPU export: wall time and peak memory of each step, and the integer reference's speed.
+
+    .venv/bin/python bench/dpu_pipeline.py [--arch vic-t-dpu] [--image-size 224] [--calib-clips 8]
+
+Prints one JSON object; nothing is asserted. Goals (issue 4): the whole export <= 4x the time of
+the calibration forward passes alone (ONNX Runtime fp32: every frame through the early graph, every
+collage through the later graph), and the integer reference <= 4x ONNX Runtime fp32 on the same graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidconv_deploy import build_model
+from vidconv_deploy.data.calibration import calibration_clips
+from vidconv_deploy.export.bundle import Bundle
+from vidconv_deploy.export.dpu_pipeline import export_dpu_bundle, streaming_feeds
+from vidconv_deploy.export.onnx_export import ort_session
+from vidconv_deploy.reference import run_reference
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Samples this process's RSS every 20 ms; :meth:`window` gives the peak inside a block."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def window(self, record: dict[str, Any]) -> Iterator[None]:
+        self.peak = rss_bytes()
+        yield
+        record["peak_rss_mib"] = round(self.peak / 2**20, 1)
+
+
+class MeasuredBundle(Bundle):
+    """A bundle whose every step also records the peak RSS inside it."""
+
+    rss: PeakRss
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[dict[str, Any]]:
+        with super().step(name) as record, self.rss.window(record):
+            yield record
+
+
+def seconds(fn, repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="vic-t-dpu")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--calib-clips", type=int, default=8)
+    parser.add_argument("--target", default="dpu-kv260")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = build_model(args.arch, num_classes=10, image_size=args.image_size).eval()
+    cfg = model.cfg
+    rss = PeakRss()
+    clips, source, _ = calibration_clips(None, cfg.frames, cfg.image_size, args.calib_clips)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = MeasuredBundle(Path(tmp), args.target)
+        bundle.rss = rss
+        start = time.perf_counter()
+        result = export_dpu_bundle(model, bundle, args.target, clips, [f"c{i}" for i in range(10)], source)
+        total = time.perf_counter() - start
+        import onnx
+
+        early, later = (onnx.load(str(Path(tmp) / f"{g}.onnx")) for g in ("early", "later"))
+        q_early, q_later = (onnx.load(str(Path(tmp) / "quant" / f"{g}.onnx")) for g in ("early", "later"))
+        calib_start = time.perf_counter()
+        frames, collages = streaming_feeds(early, later, clips, cfg.grid)
+        calib_forward = time.perf_counter() - calib_start
+        speed = {}
+        for name, fp32, quant, feed in (("early", early, q_early, frames[0]), ("later", later, q_later, collages[0])):
+            session = ort_session(fp32)
+            ort_s = seconds(lambda: session.run(None, feed), 3)
+            ref_s = seconds(lambda: run_reference(quant, feed, rounding="dpu"), 2)
+            speed[name] = {"onnxruntime_fp32_s": round(ort_s, 4), "integer_reference_s": round(ref_s, 4),
+                           "ratio": round(ref_s / ort_s, 2)}
+    print(json.dumps({
+        "arch": cfg.arch, "image_size": list(cfg.image_size), "target": args.target, "calibration_clips": len(clips),
+        "torch_threads": torch.get_num_threads(),
+        "export_total_s": round(total, 2),
+        "calibration_forward_s": round(calib_forward, 2),
+        "export_over_calibration_forward": round(total / calib_forward, 2), "goal_export_over_calibration": 4,
+        "steps": [{k: v for k, v in s.items() if k in ("name", "status", "seconds", "peak_rss_mib")} for s in bundle.steps],
+        "integer_reference_vs_onnxruntime_fp32": speed, "goal_reference_ratio": 4,
+        "bit_exact": {g: r["bit_exact_vs_onnxruntime"] for g, r in result.reference.items()},
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
