@@ -96,3 +96,37 @@ def test_calibration_folder_without_videos_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "no videos" in err[-1]
     assert not (tmp_path / "vic-nano-dpu-dpu-kv260").exists()
+
+
+def test_eval_scores_every_form_of_a_dpu_bundle(dpu_bundle, tiny_dataset, capsys):
+    from vidconv_deploy.cli.evaluate import main as eval_main
+
+    _, bundle = dpu_bundle
+    assert eval_main(["--bundle", str(bundle), "--data", str(tiny_dataset), "--limit", "2", "--json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)["orders"]["normal"]}
+    assert set(rows) == {"float", "deploy", "int8 fake-quant (ONNX Runtime)", "int8 integer reference (DPU rounding)"}
+    assert rows["deploy"]["agreement_with_float"] == 100.0 and rows["float"]["videos"] == 2
+    assert "sqnr_early.png" in (bundle / "eval.md").read_text()
+
+
+def test_finetune_distils_a_dpu_variant_and_resumes(tmp_path, tiny_dataset, capsys):
+    import yaml
+
+    from vidconv_deploy.checkpoints import load_model
+    from vidconv_deploy.cli.finetune import main as finetune_main
+
+    teacher = tmp_path / "teacher.safetensors"
+    save_checkpoint(build_model("vic-nano", num_classes=10, image_size=32, dims=(8, 16, 24, 32), depths=(1, 1, 1, 1),
+                                neck_dim=16), teacher)
+    out = tmp_path / "student.safetensors"
+    argv = ["--teacher", str(teacher), "--student", "vic-nano-dpu", "--clips", str(tiny_dataset), "--epochs", "1",
+            "--batch", "10", "--out", str(out), "--resume"]
+    assert finetune_main(argv) == 0
+    student, _ = load_model(out)
+    assert (student.cfg.arch, student.cfg.norm, student.cfg.act) == ("vic-nano-dpu", "batch", "relu")
+    card = yaml.safe_load(out.with_suffix(".yaml").read_text())
+    assert card["distilled_from"]["arch"] == "vic-nano" and len(card["training"]["history"]) == 1
+    assert 0 <= card["accuracy"]["test"]["top1_agreement_with_teacher"] <= 100
+    assert out.with_suffix(".state.pt").exists()
+    assert finetune_main([*argv[:3], "vic-t-dpu", *argv[4:]]) == 2
+    assert "is not a deploy variant of the teacher (vic-nano): use --student vic-nano-dpu" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from vidconv_deploy.evaluate.classifiers import bundle_classifiers, read_manifes
 from vidconv_deploy.evaluate.metrics import summary
 from vidconv_deploy.evaluate.run import ORDERS
 from vidconv_deploy.evaluate.sharded import score_split, score_split_ray
+from vidconv_deploy.report import Report
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -40,6 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ray", metavar="ADDRESS", help="shard over a Ray cluster at ADDRESS, or 'local'")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slower) integer reference")
+    parser.add_argument("--teacher", type=Path, help="also score the faithful checkpoint a deploy variant was distilled from")
     parser.add_argument("--limit", type=int, help="score only the first N videos of the split")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     return parser.parse_args(argv)
@@ -47,7 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def evaluate_bundle(bundle: Path, data: Path, split: str = "test", orders: Sequence[str] = ("normal",),
                     ray: str | None = None, workers: int = 2, reference: bool = True, limit: int | None = None,
-                    ) -> dict[str, Any]:
+                    teacher: Path | None = None) -> dict[str, Any]:
     """Score the bundle's classifiers on a split; the figures per frame order, and the skipped videos."""
     manifest = read_manifest(bundle)
     config = manifest["model"]["config"]
@@ -55,7 +57,7 @@ def evaluate_bundle(bundle: Path, data: Path, split: str = "test", orders: Seque
     items = list(source.items[:limit] if limit else source.items)
     protocol = _protocol_for(source, config["grid"][0] * config["grid"][1], None)
     image_size = tuple(config["image_size"])
-    factory = functools.partial(bundle_classifiers, bundle, reference)
+    factory = functools.partial(bundle_classifiers, bundle, reference, teacher)
     result: dict[str, Any] = {"bundle": str(bundle), "target": manifest["target"], "data": str(data), "split": split,
                               "protocol": protocol.name, "ray": ray, "orders": {}}
     for order in orders:
@@ -66,6 +68,23 @@ def evaluate_bundle(bundle: Path, data: Path, split: str = "test", orders: Seque
         result["orders"][order] = summary(scores, "float")
         result["skipped"] = skips.to_dict()
     return result
+
+
+def write_report(result: dict[str, Any], bundle: Path) -> None:
+    """``eval.md``/``eval.html`` in the bundle: the tables, and the bundle's per-layer SQNR plots if it has them."""
+    report = Report(f"Accuracy of {bundle.name} on {result['data']} ({result['split']})")
+    for order, rows in result["orders"].items():
+        report.section(f"{order} frame order").table(
+            ["model", "videos", "top-1 %", "top-5 %", "top-1 agreement with float %"],
+            [[r["model"], r["videos"], r["top1"], r["top5"], r["agreement_with_float"]] for r in rows])
+    plots = sorted((bundle / "report_files").glob("sqnr_*.png"))
+    if plots:
+        report.section("Per-layer error, INT8 vs float (from the export)")
+        for plot in plots:
+            report.image(f"report_files/{plot.name}", plot.stem.replace("_", " "))
+    skipped = result["skipped"]
+    report.section("Skipped videos").text(f"{skipped['skipped']} skipped: {skipped['counts'] or 'none'}.")
+    report.write(bundle, "eval")
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -89,8 +108,9 @@ def _main(argv: Sequence[str] | None) -> int:
                         f"export it with vidconv-export --target {args.target}")
     orders = ORDERS if args.order == "all" else (args.order,)
     result = evaluate_bundle(args.bundle, args.data, args.split, orders, args.ray, args.workers, not args.no_reference,
-                             args.limit)
+                             args.limit, args.teacher)
     write_text(args.bundle / "eval.json", json.dumps(result, indent=2) + "\n")
+    write_report(result, args.bundle)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -107,8 +107,11 @@ def read_manifest(bundle: Path) -> dict:
         raise UserError(f"{bundle} holds no readable {MANIFEST}: give the folder vidconv-export wrote (--out/<arch>-<target>)") from None
 
 
-def bundle_classifiers(bundle: Path, include_reference: bool = True) -> dict[str, ClipClassifier]:
-    """Every classifier the bundle's artifacts allow, by name, in report order."""
+def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Path | None = None) -> dict[str, ClipClassifier]:
+    """Every classifier the bundle's artifacts allow, by name, in report order.
+
+    ``teacher``: a faithful checkpoint the bundle's deploy variant was distilled from, scored too.
+    """
     manifest = read_manifest(bundle)
     artifacts = manifest["artifacts"]
     grid = tuple(manifest["model"]["config"]["grid"])
@@ -117,6 +120,10 @@ def bundle_classifiers(bundle: Path, include_reference: bool = True) -> dict[str
         return bundle / artifacts[role]["file"]
 
     found: dict[str, ClipClassifier] = {}
+    if teacher is not None:
+        from vidconv_deploy.checkpoints import load_model
+
+        found["faithful teacher (PyTorch)"] = TorchClassifier(load_model(teacher)[0])
     if "float_onnx" in artifacts:
         found["float"] = WholeClipGraph(path("float_onnx"))
     if "deploy_onnx" in artifacts:
