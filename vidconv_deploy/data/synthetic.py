@@ -1,0 +1,373 @@
+"""A synthetic video dataset whose classes only temporal order tells apart.
+
+Each video shows one shape (circle, square or triangle, its front cap in a contrasting colour so
+that a circle's rotation shows) on a random textured background with a little per-frame noise. The
+class is what the shape does over time, and the classes come in pairs where one is the other
+played backwards: move right / left, move down / up, rotate clockwise / counter-clockwise,
+grow / shrink, appear / disappear. A video of the second class of a pair is rendered exactly as
+the first and then reversed, so reversing a video maps its class to the partner, and shuffling
+frames (the paper's Table 10 frame-order test) must destroy accuracy on this data.
+
+Shape, colours, background and the random draws behind them do not depend on the class, so a
+still frame never tells the direction of a pair. (Across pairs a still frame can hint: an empty
+frame can only come from appear / disappear.)
+
+Determinism: video ``i`` of split ``s`` is drawn from ``default_rng([seed, s, i])``; the same seed
+gives byte-identical annotation lists and identical decoded frames.
+
+Layout written by :func:`generate` (paths in the lists are relative to the dataset folder)::
+
+    classes.txt  train.txt  val.txt  test.txt  dataset.json
+    train/00000.mp4 ...  val/...  test/...
+
+The videos are 48-64 frames at 12 fps, like Something-Something V2 clips (2-6 s at 12 fps), and
+the dataset declares the SSv2 sampling protocol in ``dataset.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vidconv_deploy.atomic import atomic_path, write_text
+from vidconv_deploy.errors import UserError
+
+GENERATOR = "vidconv-synthetic-motion"
+GENERATOR_VERSION = 1
+SPLITS = ("train", "val", "test")
+#: The rendered motions; each one's class is followed by its reversal's class.
+MOTIONS = (
+    ("move_right", "move_left"),
+    ("move_down", "move_up"),
+    ("rotate_clockwise", "rotate_counterclockwise"),
+    ("grow", "shrink"),
+    ("appear", "disappear"),
+)
+CLASSES = tuple(name for pair in MOTIONS for name in pair)
+SHAPES = ("circle", "square", "triangle")
+#: Encoders in order of preference; the wheel's FFmpeg may lack libx264 (GPL), mpeg4 is always built in.
+ENCODERS = ("libx264", "mpeg4")
+PROTOCOL = "ssv2"
+
+
+def reversed_class(label: int) -> int:
+    """The class of a video of class ``label`` played backwards."""
+    return label ^ 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate: the seed, the split sizes, the frame size and rate, and the range of frame counts."""
+
+    seed: int = 0
+    train: int = 1500
+    val: int = 200
+    test: int = 300
+    size: int = 96
+    fps: int = 12
+    min_frames: int = 48
+    max_frames: int = 64
+
+    def __post_init__(self) -> None:
+        if min(self.train, self.val, self.test) < 0 or self.seed < 0:
+            raise UserError("split sizes and the seed must not be negative")
+        if self.size < 32 or self.size % 2:
+            raise UserError(f"size {self.size} is not supported: use an even size of at least 32 (yuv420p halves it)")
+        if self.fps < 1 or not 9 <= self.min_frames <= self.max_frames:
+            raise UserError("fps must be positive and 9 <= min_frames <= max_frames (a clip needs 9 frames)")
+
+    def count(self, split: str) -> int:
+        return getattr(self, split)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency texture ``(size, size, 3)``: a ``cells`` x ``cells`` random grid, bilinearly upsampled."""
+    grid = rng.normal(0.0, 1.0, (cells, cells, 3))
+    pos = (np.arange(size) + 0.5) * (cells - 1) / size  # pixel centres in grid coordinates
+    weights = np.maximum(0.0, 1.0 - np.abs(pos[:, None] - np.arange(cells)[None, :]))  # (size, cells) hat functions
+    return np.stack([weights @ grid[..., k] @ weights.T for k in range(3)], axis=-1)
+
+
+def _coverage(shape: str, u: np.ndarray, v: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage (0-1) of a shape of circumradius ``radius`` in its own rotated frame (u, v).
+
+    Uses a signed distance (exact inside, slightly rounded outside polygon corners): one pixel of soft edge.
+    """
+    if shape == "circle":
+        dist = np.hypot(u, v) - radius
+    elif shape == "square":
+        dist = np.maximum(np.abs(u), np.abs(v)) - radius * np.float32(1 / math.sqrt(2))
+    else:  # equilateral triangle, vertices at 0, 120, 240 degrees; edges at the inradius r/2
+        normals = [(math.cos(a), math.sin(a)) for a in (math.pi, math.pi / 3, -math.pi / 3)]
+        dist = np.maximum.reduce([np.float32(nx) * u + np.float32(ny) * v for nx, ny in normals]) - radius / 2
+    return np.clip(np.float32(0.5) - dist, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """Per-frame geometry: centre (pixels), circumradius (pixels), angle (radians, clockwise on screen), opacity."""
+
+    cx: np.ndarray
+    cy: np.ndarray
+    radius: np.ndarray
+    angle: np.ndarray
+    alpha: np.ndarray
+
+
+def _trajectory(motion: str, num_frames: int, size: int, rng: np.random.Generator) -> Trajectory:
+    """The geometry of one of the rendered motions (the first of each pair in :data:`MOTIONS`)."""
+    t = np.arange(num_frames, dtype=np.float64)
+    u = t / (num_frames - 1)
+    # Common draws first, in a fixed order, so every motion sees the same kind of scene.
+    cx = np.full_like(t, size * rng.uniform(0.3, 0.7))
+    cy = np.full_like(t, size * rng.uniform(0.3, 0.7))
+    radius = np.full_like(t, size * rng.uniform(0.12, 0.20))
+    angle = np.full_like(t, rng.uniform(0.0, 2 * math.pi))
+    alpha = np.ones_like(t)
+    if motion in ("move_right", "move_down"):
+        dist = size * rng.uniform(0.30, 0.45)
+        along = size * (0.5 + rng.uniform(-0.05, 0.05)) + dist * (u - 0.5)
+        across = size * rng.uniform(0.3, 0.7) + size * rng.uniform(-0.05, 0.05) * u
+        cx, cy = (along, across) if motion == "move_right" else (across, along)
+    elif motion == "rotate_clockwise":
+        # Pixel y points down, so a growing angle turns clockwise on screen. 3.5-6 degrees per frame
+        # keep a sampled step (stride <= 7) under 45 degrees, half a square's symmetry.
+        angle = angle + np.radians(rng.uniform(3.5, 6.0)) * t
+    elif motion == "grow":
+        radius = size * rng.uniform(0.07, 0.10) * rng.uniform(2.2, 3.0) ** u
+    elif motion == "appear":
+        # The fade sits in the middle 40-60 % so every SSv2 training clip (>= 64 % of the video) sees it.
+        middle = rng.uniform(0.4, 0.6) * (num_frames - 1)
+        alpha = np.clip((t - middle) / rng.uniform(4.0, 10.0) + 0.5, 0.0, 1.0)
+    else:
+        raise ValueError(f"unknown motion {motion!r}")
+    return Trajectory(cx, cy, radius, angle, alpha)
+
+
+def render(label: int, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Frames of one video of class ``label``: ``(num_frames, size, size, 3)`` uint8 RGB.
+
+    The draws from ``rng`` do not depend on which class of a pair is asked for: the second class
+    is the first one's frames reversed, exactly.
+    """
+    motion = MOTIONS[label // 2][0]
+    base = rng.uniform(30.0, 225.0, 3)
+    background = base + 25.0 * _smooth_noise(rng, size, 5) + rng.normal(0.0, 6.0, (size, size, 1))
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    colour = rng.uniform(0.0, 255.0, 3)
+    while np.linalg.norm(colour - base) < 100.0:  # keep the shape visible against the background
+        colour = rng.uniform(0.0, 255.0, 3)
+    marker = np.zeros(3) if colour.mean() > 127.5 else np.full(3, 255.0)
+    path = _trajectory(motion, num_frames, size, rng)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + np.float32(0.5)
+    background = background.astype(np.float32)
+    colour, marker = colour.astype(np.float32), marker.astype(np.float32)
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    for t in range(num_frames):  # frame by frame: small arrays stay in cache (measured 24 vs 35 ms a video)
+        dx, dy = xs - np.float32(path.cx[t]), ys - np.float32(path.cy[t])
+        cos, sin = np.float32(math.cos(path.angle[t])), np.float32(math.sin(path.angle[t]))
+        u, v = cos * dx + sin * dy, cos * dy - sin * dx
+        r, opacity = np.float32(path.radius[t]), np.float32(path.alpha[t])
+        body = (_coverage(shape, u, v, r) * opacity)[..., None]
+        cap = body * np.clip(np.float32(0.5) + u - np.float32(0.25) * r, 0.0, 1.0)[..., None]  # the part beyond u = r/4
+        frame = background + body * (colour - background)
+        frame += cap * (marker - frame)
+        frame += rng.standard_normal((size, size, 1), dtype=np.float32) * np.float32(3.0)
+        frames[t] = np.clip(np.rint(frame), 0, 255)
+    return frames[::-1].copy() if label % 2 else frames
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def pick_encoder(preferred: tuple[str, ...] = ENCODERS) -> str:
+    """The first encoder in ``preferred`` that this PyAV build has."""
+    for name in preferred:
+        try:
+            av.Codec(name, "w")
+        except ValueError:  # av.codec.codec.UnknownCodecError
+            continue
+        return name
+    raise UserError(f"this PyAV/FFmpeg build has none of the encoders {', '.join(preferred)}: "
+                    f"install the PyAV binary wheel (pip install av)")
+
+
+def write_mp4(path: str | os.PathLike[str], frames: np.ndarray, fps: int, codec: str) -> None:
+    """Encode uint8 RGB frames ``(T, H, W, 3)`` to an .mp4 (yuv420p), atomically.
+
+    One encoder thread per video (generation parallelises over videos instead). x264's macroblock
+    tree is off: with it on, this wheel's libx264 gave different bitstreams for the same frames in
+    different processes (measured: 1-2 of 8 videos differ between runs); with ``mbtree=0`` 13
+    processes x 40 videos were identical. ``tests/test_synthetic_data.py`` checks this.
+    """
+    height, width = frames.shape[1:3]
+    with atomic_path(path) as tmp, av.open(os.fspath(tmp), "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.thread_count = 1
+        if codec == "libx264":
+            # CRF 26 (x264's default is 23): without mb-tree, 23 spends ~3x the bits on the frame noise;
+            # 26 gives ~13 kB per 96x96 video, decoded pixels within ~4 of the rendered ones on average.
+            stream.options = {"crf": "26", "preset": "fast", "x264-params": "mbtree=0"}
+        else:  # mpeg4 has no CRF; a generous bit rate keeps these tiny frames near lossless
+            stream.bit_rate = 2_000_000
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset folder
+
+OWN_FILES = {"classes.txt", "dataset.json", *(f"{s}.txt" for s in SPLITS), *SPLITS}
+#: Names this generator writes inside a split folder: videos and the atomic writes' temporary files.
+OWN_VIDEO = re.compile(r"\d{5}\.mp4|\.\d{5}\.mp4\..*\.tmp")
+
+
+def is_dataset_dir(path: Path) -> bool:
+    """Whether ``path`` holds a dataset from this generator: complete, or an interrupted run (only our names)."""
+    meta = path / "dataset.json"
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text(encoding="utf-8")).get("generator") == GENERATOR
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            return False
+    return all(p.name in OWN_FILES for p in path.iterdir()) and all(
+        OWN_VIDEO.fullmatch(p.name) for split in SPLITS if (path / split).is_dir() for p in (path / split).iterdir())
+
+
+def check_out_dir(out: Path, force: bool) -> bool:
+    """Refuse a non-empty folder that is not a previous dataset unless ``force``; True if it is one."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder path")
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    if is_dataset_dir(out):
+        return True
+    if not force:
+        raise UserError(f"--out {out} is not empty and holds no dataset from vidconv-make-data: "
+                        f"choose an empty or new folder, or pass --force to write into it")
+    return False
+
+
+def split_labels(spec: SyntheticSpec, split_no: int) -> np.ndarray:
+    """Balanced labels for one split (each class count differs by at most one), shuffled by the seed."""
+    n = spec.count(SPLITS[split_no])
+    labels = np.arange(n) % len(CLASSES)
+    return np.random.default_rng([spec.seed, split_no]).permutation(labels)
+
+
+def video_frames(spec: SyntheticSpec, split_no: int, index: int, label: int) -> np.ndarray:
+    """The frames of video ``index`` of a split; its own generator makes it independent of the others."""
+    rng = np.random.default_rng([spec.seed, split_no, index])
+    num_frames = int(rng.integers(spec.min_frames, spec.max_frames + 1))
+    return render(label, num_frames, spec.size, rng)
+
+
+def metadata(spec: SyntheticSpec, codec: str) -> dict:
+    """``dataset.json``: how the data was made and how to sample it."""
+    return {
+        "generator": GENERATOR,
+        "generator_version": GENERATOR_VERSION,
+        "seed": spec.seed,
+        "counts": {s: spec.count(s) for s in SPLITS},
+        "classes": list(CLASSES),
+        "reversed_class": [reversed_class(i) for i in range(len(CLASSES))],
+        "size": [spec.size, spec.size],
+        "fps": spec.fps,
+        "frames": {"min": spec.min_frames, "max": spec.max_frames},
+        "codec": codec,
+        "pix_fmt": "yuv420p",
+        "protocol": PROTOCOL,
+        "protocol_note": "sample with the SSv2 protocol (train stride 5-7, 2 test clips at stride 6, "
+                         "short videos s_T = min(5, (N-1)//8)): videos are 48-64 frames at 12 fps like SSv2's",
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateResult:
+    out: Path
+    codec: str
+    seconds: float
+    counts: dict[str, int]
+
+
+def video_name(split_no: int, index: int) -> str:
+    """A video's path relative to the dataset folder, as the annotation lists write it."""
+    return f"{SPLITS[split_no]}/{index:05d}.mp4"
+
+
+def _write_video(out: Path, spec: SyntheticSpec, split_no: int, index: int, label: int, codec: str) -> None:
+    """Render and write one video (top-level so worker processes can run it)."""
+    write_mp4(out / video_name(split_no, index), video_frames(spec, split_no, index, label), spec.fps, codec)
+
+
+def generate(
+    out: str | os.PathLike[str],
+    spec: SyntheticSpec,
+    force: bool = False,
+    jobs: int = 1,
+    on_video: Callable[[], None] | None = None,
+    encoders: tuple[str, ...] = ENCODERS,
+) -> GenerateResult:
+    """Write the dataset into ``out``: videos first (each atomically), then the lists, ``dataset.json`` last.
+
+    ``jobs`` > 1 renders and encodes in that many processes; every video has its own seed, so the
+    result does not depend on it. ``on_video()`` is called after each video (progress). Regenerating
+    over a previous dataset removes its lists first and afterwards its videos the new one lacks.
+    """
+    out = Path(out)
+    previous = check_out_dir(out, force)
+    codec = pick_encoder(encoders)
+    start = time.perf_counter()
+    if previous:  # an interrupted regeneration must not look like a complete dataset
+        for name in ("dataset.json", "classes.txt", *(f"{s}.txt" for s in SPLITS)):
+            (out / name).unlink(missing_ok=True)
+    tasks = [(split_no, index, int(label)) for split_no in range(len(SPLITS))
+             for index, label in enumerate(split_labels(spec, split_no))]
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        # spawn, not fork: the parent may run threads (the progress display) that fork would copy mid-state.
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_write_video, out, spec, *task, codec) for task in tasks]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    if on_video is not None:
+                        on_video()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # do not render the rest after a failure or Ctrl-C
+                raise
+    else:
+        for task in tasks:
+            _write_video(out, spec, *task, codec)
+            if on_video is not None:
+                on_video()
+    if previous:  # only our own file names: anything else a user put there stays
+        written = {video_name(split_no, index) for split_no, index, _ in tasks}
+        for stale in (p for split in SPLITS for p in (out / split).iterdir() if OWN_VIDEO.fullmatch(p.name)):
+            if stale.relative_to(out).as_posix() not in written:
+                stale.unlink()
+    write_text(out / "classes.txt", "".join(f"{name}\n" for name in CLASSES))
+    for split_no, split in enumerate(SPLITS):
+        lines = (f"{video_name(split_no, index)} {label}\n" for s_no, index, label in tasks if s_no == split_no)
+        write_text(out / f"{split}.txt", "".join(lines))
+    write_text(out / "dataset.json", json.dumps(metadata(spec, codec), indent=2) + "\n")
+    return GenerateResult(out, codec, time.perf_counter() - start, {s: spec.count(s) for s in SPLITS})
