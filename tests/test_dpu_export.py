@@ -89,6 +89,15 @@ def test_bad_target_is_one_line(argv, message, tmp_path, capsys):
     assert len(err) == 1 and message in err[0]
 
 
+def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    assert export_main(["--target", "dpu-kv260", "--checkpoint", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_calibration_folder_without_videos_is_one_line(tmp_path, capsys):
     empty = tmp_path / "videos"
     empty.mkdir()

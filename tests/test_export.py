@@ -229,7 +229,7 @@ def test_failed_export_leaves_no_manifest(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv,message", [
     (["--target", "onnxx"], "unknown target 'onnxx': did you mean onnx?"),
-    (["--target", "dpu-kv260"], "target 'dpu-kv260' has no export pipeline yet"),
+    (["--target", "dpu-kv260", "--arch", "vic-z-dpu"], "unknown architecture 'vic-z-dpu'"),
     (["--arch", "vic-z"], "unknown architecture 'vic-z'"),
     (["--checkpoint", "/nonexistent.pth"], "checkpoint /nonexistent.pth does not exist"),
 ])
