@@ -77,8 +77,7 @@ def peak_throughput(target: str, model: VidConv) -> dict[str, Any]:
     """
     data = load_ruleset(target).data
     board, conv = data.get("board", {}), data["engines"]["conv"]
-    ops_per_clock = 2 * conv.get("pixel_parallel", data.get("pixel_parallel", 8)) * data["channel_parallel"] \
-        * conv["output_channel_parallel"]
+    ops_per_clock = 2 * conv["pixel_parallel"] * data["channel_parallel"] * conv["output_channel_parallel"]
     cores = board.get("cores", 1) * board.get("batch", 1)
     peak = ops_per_clock * cores * board["clock_mhz"] * 1e6
     parts = {p.name: p.macs for p in measure(model.cfg)}
@@ -90,8 +89,9 @@ def peak_throughput(target: str, model: VidConv) -> dict[str, Any]:
             "clips_per_s_bound": peak / (2 * (frames * early_macs + later_macs)),
             "ops_per_streamed_frame": 2 * (early_macs + later_macs),
             "streamed_frames_per_s_bound": peak / (2 * (early_macs + later_macs)),
-            "note": "peak-throughput bound from the DPU size, cores and clock; the early net runs once per new frame "
-                    "when streaming"}
+            "note": "peak-throughput bound 2 x PP x ICP x OCP x cores x clock (the DPUCZDX8G formula, PG338; for the "
+                    "AIE-based DPUCVDX8G/DPUCV2DX8G it is an estimate from the same parallelism, not a datasheet figure); "
+                    "the early net runs once per new frame when streaming"}
 
 
 def export_dpu_bundle(model: VidConv, bundle: Bundle, target: str, calib_clips: Sequence[np.ndarray], class_names: Sequence[str],
