@@ -87,7 +87,7 @@ def test_dataset_folder_layout(tmp_path: Path) -> None:
     assert (tmp_path / "classes.txt").read_text().split() == list(CLASSES)
     meta = json.loads((tmp_path / "dataset.json").read_text())
     assert meta["protocol"] == "ssv2" and meta["seed"] == 3 and meta["counts"] == {"train": 12, "val": 3, "test": 2}
-    assert meta["size"] == [32, 32] and meta["frames"] == {"min": 12, "max": 16} and meta["generator_version"] == 1
+    assert meta["size"] == [32, 32] and meta["frames"] == {"min": 12, "max": 16} and meta["generator_version"] == 2
     lines = (tmp_path / "train.txt").read_text().splitlines()
     assert lines[0].startswith("train/00000.mp4 ") and len(lines) == 12
     labels = [int(line.split()[1]) for line in lines]
