@@ -1,0 +1,140 @@
+"""The bit-exact chain: Brevitas integers == QONNX execution == FINN streamlined == FINN HW layers.
+
+For each clip, every form of the early graph runs once per frame on Brevitas's input, and every
+form of the later graph once on Brevitas's collage (the host tiles the frames' integer features,
+:func:`host_collage`), so each graph is checked on its own. Compared are the integers that cross to
+the host (the collage features) and the integer logits; the tolerance is zero. QONNX graphs compute
+in float on dequantized values, so their outputs are divided by the Brevitas scale and must land
+exactly on those integers. FINN graphs take and give integers (the host quantizes the input with
+the Brevitas input quantizer itself) and run in Python mode, before SpecializeLayers (cppsim and
+rtlsim need the Xilinx tools).
+
+Where the two can differ: a value exactly on a rounding boundary. FINN's thresholds round half up
+(``x >= (k + 1/2) s``, finn/transformation/qonnx/qonnx_activation_handlers.py), Brevitas and QONNX
+round half to even, and both sides compute the boundary in floating point. A trained model almost
+never hits a boundary exactly; quantizers whose scales are exact multiples of each other do (an
+untrained ConvNeXt block with layer scale 1e-6 is an identity), which is why such mismatches are
+reported element by element, never rounded away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.core.onnx_exec import execute_onnx as execute_qonnx
+
+from finn.core.onnx_exec import execute_onnx as execute_finn
+from vidconv_deploy.finn.flow import as_ints
+from vidconv_deploy.finn.model import FinnViC
+
+#: The forms of each graph the chain compares, in order.
+FORMS = ("qonnx", "finn_streamlined", "finn_hw")
+
+
+@dataclasses.dataclass
+class GraphForms:
+    """One graph (early or later) as QONNX, streamlined FINN-ONNX and HW layers."""
+
+    qonnx: ModelWrapper
+    finn_streamlined: ModelWrapper
+    finn_hw: ModelWrapper
+
+
+@dataclasses.dataclass
+class Reference:
+    """What Brevitas computes for one clip, as the integers the host and the accelerator exchange."""
+
+    input_ints: np.ndarray  # (L, H, W, 3) channels-last, the early graph's FINN input per frame
+    frames: np.ndarray  # (L, 3, H, W) float, the QONNX early graph's input per frame
+    features: np.ndarray  # (L, h, w, C) integers crossing to the host
+    feature_scale: float
+    logits: np.ndarray  # (1, classes) integers
+    logit_scale: float
+
+
+def host_collage(features: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The host's step: ``(L, h, w, C)`` frame features -> ``(1, rows*h, cols*w, C)`` collage, frames row-major."""
+    rows, cols = grid
+    n, h, w, c = features.shape
+    return features.reshape(1, rows, cols, h, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(1, rows * h, cols * w, c)
+
+
+def _scalar(scale: torch.Tensor) -> float:
+    if scale.numel() != 1:
+        raise ValueError("the FINN variant quantizes what crosses to the host per tensor")
+    return float(scale.reshape(-1)[0])
+
+
+@torch.no_grad()
+def reference(model: FinnViC, clip: torch.Tensor) -> Reference:
+    """Brevitas on one clip ``(1, L, 3, H, W)``: input, feature and logit integers and scales."""
+    model.eval()
+    frames = clip.flatten(0, 1)
+    features = model.early(frames)
+    logits = model.later(model.collage(features.value))
+    return Reference(
+        input_ints=model.input_quant(frames).int().permute(0, 2, 3, 1).numpy().astype(np.int64),
+        frames=frames.numpy(),
+        features=features.int().permute(0, 2, 3, 1).numpy().astype(np.int64),
+        feature_scale=_scalar(features.scale),
+        logits=logits.int().numpy().astype(np.int64),
+        logit_scale=_scalar(logits.scale),
+    )
+
+
+def _run(model: ModelWrapper, x: np.ndarray, execute: Any) -> np.ndarray:
+    return execute(model, {model.graph.input[0].name: x.astype(np.float32)})[model.graph.output[0].name]
+
+
+def run_forms(early: GraphForms, later: GraphForms, ref: Reference, grid: tuple[int, int]) -> dict[str, dict[str, Any]]:
+    """Each form's feature and logit integers for one clip (and the QONNX float gap to the Brevitas grid)."""
+    out: dict[str, dict[str, Any]] = {}
+    q_features = np.concatenate([_run(early.qonnx, f[None], execute_qonnx) for f in ref.frames])  # NCHW floats
+    q_features = q_features.transpose(0, 2, 3, 1) / ref.feature_scale
+    collage = host_collage(ref.features, grid)
+    q_logits = _run(later.qonnx, collage * ref.feature_scale, execute_qonnx)
+    q_logits = q_logits / ref.logit_scale
+    out["qonnx"] = {
+        "features": np.round(q_features).astype(np.int64), "logits": np.round(q_logits).astype(np.int64),
+        "max_off_grid": float(max(np.abs(q_features - np.round(q_features)).max(), np.abs(q_logits - np.round(q_logits)).max())),
+    }
+    for form in FORMS[1:]:
+        e, l = getattr(early, form), getattr(later, form)
+        features = np.concatenate([as_ints(_run(e, x[None], execute_finn)) for x in ref.input_ints])
+        out[form] = {"features": features, "logits": as_ints(_run(l, collage, execute_finn))}
+    return out
+
+
+def verify_chain(model: FinnViC, early: GraphForms, later: GraphForms, clips: list[torch.Tensor]) -> dict[str, Any]:
+    """Compare every form with Brevitas on ``clips`` (each ``(1, L, 3, H, W)``); tolerance zero on integers."""
+    grid = model.cfg.grid
+    agree = {form: {"features": True, "logits": True} for form in FORMS}
+    worst_off_grid, mismatches = 0.0, []
+    for i, clip in enumerate(clips):
+        ref = reference(model, clip)
+        for form, result in run_forms(early, later, ref, grid).items():
+            for what in ("features", "logits"):
+                expected = getattr(ref, what)
+                same = result[what].shape == expected.shape and np.array_equal(result[what], expected)
+                agree[form][what] &= same
+                if not same:
+                    if result[what].shape != expected.shape:
+                        mismatches.append(f"clip {i}: {form} {what} have shape {result[what].shape}, not {expected.shape}")
+                    else:
+                        diff = np.abs(result[what] - expected)
+                        mismatches.append(f"clip {i}: {form} {what}: {int((diff > 0).sum())} of {diff.size} "
+                                          f"integers differ from Brevitas, by up to {int(diff.max())} LSB")
+            worst_off_grid = max(worst_off_grid, result.get("max_off_grid", 0.0))
+    return {
+        "clips": len(clips),
+        "criterion": "integer features and logits identical to Brevitas (tolerance 0 LSB), each graph on "
+                     "Brevitas's own input; FINN graphs run in Python mode before SpecializeLayers",
+        "agree": agree,
+        "bit_exact": not mismatches,
+        "mismatches": mismatches,
+        "qonnx_max_off_grid": worst_off_grid,
+    }
