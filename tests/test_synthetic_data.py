@@ -54,6 +54,8 @@ def test_motions_do_what_their_names_say() -> None:
         assert rising(right.cx) and right.cx[-1] - right.cx[0] >= 0.3 * 96
         assert rising(down.cy) and down.cy[-1] - down.cy[0] >= 0.3 * 96
         assert rising(turn.angle)  # pixel y points down: a growing angle is clockwise on screen
+        heading = np.unwrap(np.arctan2(turn.cy - 48, turn.cx - 48))  # and the path circles the centre that way
+        assert rising(heading) and heading[-1] - heading[0] >= np.radians(150)
         assert rising(grow.radius) and grow.radius[-1] / grow.radius[0] >= 2.2
         assert appear.alpha[0] == 0 and appear.alpha[-1] == 1 and np.all(np.diff(appear.alpha) >= 0)
     assert [pair[0] for pair in MOTIONS] == list(CLASSES[::2])
