@@ -81,7 +81,7 @@ def test_faithful_checkpoint_is_converted_with_a_warning(tmp_path, tiny_dataset,
 
 @pytest.mark.parametrize("argv,message", [
     (["--target", "dpu-kv26"], "unknown target 'dpu-kv26': did you mean dpu-kv260"),
-    (["--target", "finn-kv260"], "has no export pipeline yet"),
+    (["--target", "finn-kv250"], "unknown target 'finn-kv250': did you mean finn-kv260"),
 ])
 def test_bad_target_is_one_line(argv, message, tmp_path, capsys):
     assert export_main([*argv, "--out", str(tmp_path)]) == 2

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from brevitas.graph.calibrate import quantization_status_manager
 
+from vidconv_deploy.checkpoints import load_model, save_checkpoint
+from vidconv_deploy.cli.finetune import main as finetune_main
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.finn.boards import BOARDS, get_board
+from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
 from vidconv_deploy.finn.model import Bits, FinnViC, calibrate, from_float, tile_to_collage, value
-from vidconv_deploy.finn.qat import distillation_loss, qat_finetune
+from vidconv_deploy.finn.qat import distillation_loss
 from vidconv_deploy.models.collage import tile_to_collage as tile_repeat
 from vidconv_deploy.models.vidconv import build_model
 
@@ -19,7 +23,7 @@ TINY = {"dims": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "neck_dim": 32}
 def float_model(arch: str = "vic-nano-dpu", seed: int = 0, **kw) -> torch.nn.Module:
     """A tiny float model with non-trivial gamma, alpha and BatchNorm statistics (so folding is really tested)."""
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes=4, **{**TINY, **kw})
+    model = build_model(arch, **{"num_classes": 4, **TINY, **kw})
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -126,22 +130,29 @@ def test_distillation_loss_is_zero_for_identical_logits_and_ce_with_labels():
     assert distillation_loss(logits, logits, labels).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-def test_qat_finetune_trains_the_student_on_cpu():
-    teacher = float_model()
-    student = calibrate(from_float(teacher, "w4a4"), clips())
-    before = student.stages[2][0].pwconv1.weight.detach().clone()
-    data = [(c, torch.tensor([1])) for c in clips(2, seed=3)]
-    result = qat_finetune(student, teacher, data, steps=3, lr=1e-3, progress=False)
-    assert result["steps"] == 3 and len(result["losses"]) == 3
-    assert all(torch.isfinite(torch.tensor(result["losses"])))
-    assert not torch.equal(before, student.stages[2][0].pwconv1.weight) and not student.training
+def test_finetune_qat_cli_trains_and_writes_a_finn_checkpoint(tmp_path, tiny_dataset):
+    """vidconv-finetune --qat on CPU: the FINN student trains through its quantizers, reloads bit for bit,
+    and its card has the bits, the loss history and the test accuracy of student and teacher."""
+    teacher = tmp_path / "teacher.safetensors"
+    save_checkpoint(float_model("vic-nano", num_classes=10), teacher)
+    out = tmp_path / "student.safetensors"
+    assert finetune_main(["--qat", "--bits", "w4a4", "--teacher", str(teacher), "--clips", str(tiny_dataset),
+                          "--epochs", "2", "--batch", "4", "--lr", "1e-3", "--out", str(out)]) == 0
+    card = yaml.safe_load(out.with_suffix(".yaml").read_text())
+    assert card["bits"] == "w4a4" and card["name"] == "vic-nano-finn-w4a4" and len(card["training"]["history"]) == 2
+    assert card["accuracy"]["test"]["student"]["videos"] == 6 and "top1_agreement_with_teacher" in card["accuracy"]["test"]
+    student = load_finn_checkpoint(out)
+    assert isinstance(student, FinnViC) and str(student.bits) == "w4a4"
+    untrained = from_float(load_model(teacher)[0].eval(), "w4a4")
+    assert not torch.equal(untrained.stages[2][0].pwconv1.weight, student.stages[2][0].pwconv1.weight)
 
 
-def test_qat_finetune_reports_an_exhausted_generator():
-    teacher = float_model()
-    student = calibrate(from_float(teacher, "w4a4"), clips())
-    with pytest.raises(ValueError, match="ran out after 1 batches"):
-        qat_finetune(student, teacher, iter(clips(1)), steps=2, progress=False)
+def test_finetune_needs_a_student_or_qat(tmp_path, tiny_dataset, capsys):
+    teacher = tmp_path / "teacher.safetensors"
+    save_checkpoint(float_model("vic-nano", num_classes=10), teacher)
+    assert finetune_main(["--teacher", str(teacher), "--clips", str(tiny_dataset), "--out", str(tmp_path / "s.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--qat for the FINN variant" in err[0]
 
 
 def test_boards():

@@ -14,7 +14,7 @@ from vidconv_deploy import build_model
 from vidconv_deploy.cli.evaluate import main as eval_main
 from vidconv_deploy.cli.export import main as export_main
 from vidconv_deploy.cli.train import batches
-from vidconv_deploy.data.dataset import _protocol_for, train_clips
+from vidconv_deploy.data.dataset import protocol_for, train_clips
 from vidconv_deploy.data.sources import open_split
 from vidconv_deploy.evaluate.classifiers import bundle_classifiers
 from vidconv_deploy.evaluate.metrics import Scores
@@ -99,7 +99,7 @@ def onnx_bundle(tmp_path_factory):
 
 def test_ray_gives_the_same_scores_as_one_process(onnx_bundle, tiny_dataset):
     source = open_split(tiny_dataset, "test")
-    protocol = _protocol_for(source, 9, None)
+    protocol = protocol_for(source, 9, None)
     factory = lambda: bundle_classifiers(onnx_bundle)  # noqa: E731
     single, _ = score_split(source.items, factory, protocol, (32, 32), order="shuffle")
     on_ray, _ = score_split_ray("local", source.items, factory, protocol, (32, 32), order="shuffle", workers=2)

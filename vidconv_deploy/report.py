@@ -53,6 +53,11 @@ class Report:
         self.sections[-1][1].append(_Table(list(headers), [[cell(v) for v in row] for row in rows]))
         return self
 
+    def accuracy_table(self, rows: Sequence[dict[str, Any]]) -> Report:
+        """The accuracy table every report shares (rows as ``evaluate.metrics.summary`` gives them)."""
+        return self.table(["model", "videos", "top-1 %", "top-5 %", "top-1 agreement with float %"],
+                          [[r["model"], r["videos"], r["top1"], r["top5"], r["agreement_with_float"]] for r in rows])
+
     def image(self, file: str, caption: str) -> Report:
         self.sections[-1][1].append(_Image(file, caption))
         return self

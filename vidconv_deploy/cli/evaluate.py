@@ -20,7 +20,7 @@ from rich.table import Table
 
 from vidconv_deploy.atomic import write_text
 from vidconv_deploy.cli.common import run_main
-from vidconv_deploy.data.dataset import _protocol_for
+from vidconv_deploy.data.dataset import protocol_for
 from vidconv_deploy.data.sources import open_split
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.evaluate.classifiers import bundle_classifiers, read_manifest
@@ -55,7 +55,7 @@ def evaluate_bundle(bundle: Path, data: Path, split: str = "test", orders: Seque
     config = manifest["model"]["config"]
     source = open_split(data, split)
     items = list(source.items[:limit] if limit else source.items)
-    protocol = _protocol_for(source, config["grid"][0] * config["grid"][1], None)
+    protocol = protocol_for(source, config["grid"][0] * config["grid"][1], None)
     image_size = tuple(config["image_size"])
     factory = functools.partial(bundle_classifiers, bundle, reference, teacher)
     result: dict[str, Any] = {"bundle": str(bundle), "target": manifest["target"], "data": str(data), "split": split,
@@ -74,9 +74,7 @@ def write_report(result: dict[str, Any], bundle: Path) -> None:
     """``eval.md``/``eval.html`` in the bundle: the tables, and the bundle's per-layer SQNR plots if it has them."""
     report = Report(f"Accuracy of {bundle.name} on {result['data']} ({result['split']})")
     for order, rows in result["orders"].items():
-        report.section(f"{order} frame order").table(
-            ["model", "videos", "top-1 %", "top-5 %", "top-1 agreement with float %"],
-            [[r["model"], r["videos"], r["top1"], r["top5"], r["agreement_with_float"]] for r in rows])
+        report.section(f"{order} frame order").accuracy_table(rows)
     plots = sorted((bundle / "report_files").glob("sqnr_*.png"))
     if plots:
         report.section("Per-layer error, INT8 vs float (from the export)")

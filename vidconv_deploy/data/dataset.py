@@ -164,7 +164,8 @@ class EvalClips(_VideoClips):
                 yield clips, item.label
 
 
-def _protocol_for(source: VideoSource, frames: int, protocol: str | Protocol | None) -> Protocol:
+def protocol_for(source: VideoSource, frames: int, protocol: str | Protocol | None) -> Protocol:
+    """How to sample ``frames``-frame clips of ``source``: the given protocol, else the one its dataset.json names."""
     if isinstance(protocol, Protocol):
         return protocol.with_frames(frames)
     name = protocol or source.protocol
@@ -185,7 +186,7 @@ def train_clips(
 ) -> TrainClips:
     """Training clips of a dataset folder; the protocol defaults to the one its ``dataset.json`` names."""
     source = open_split(dataset_dir, split)
-    return TrainClips(source.items, _protocol_for(source, frames, protocol), image_size, seed=seed, **kwargs)
+    return TrainClips(source.items, protocol_for(source, frames, protocol), image_size, seed=seed, **kwargs)
 
 
 def eval_clips(
@@ -198,5 +199,5 @@ def eval_clips(
 ) -> EvalClips:
     """Test clips (all views of each video) of a dataset folder's ``split`` (``val`` or ``test``)."""
     source = open_split(dataset_dir, split)
-    return EvalClips(source.items, _protocol_for(source, frames, protocol), image_size, **kwargs)
+    return EvalClips(source.items, protocol_for(source, frames, protocol), image_size, **kwargs)
 

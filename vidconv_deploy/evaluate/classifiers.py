@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import torch
 
+from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.bundle import MANIFEST
 from vidconv_deploy.export.onnx_export import ort_session
@@ -36,14 +37,15 @@ class PerClip:
 
 
 class TorchClassifier:
-    """A PyTorch VidConv in eval mode, the clips of a video as one batch."""
+    """A PyTorch VidConv (or the FINN variant, whose Brevitas logits carry a ``value``) in eval mode, a video's clips as one batch."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval()
 
     @torch.no_grad()
     def __call__(self, clips: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(np.ascontiguousarray(clips))).numpy()
+        logits = self.model(torch.from_numpy(np.ascontiguousarray(clips)))
+        return getattr(logits, "value", logits).numpy()
 
 
 def collage(features: list[np.ndarray], grid: tuple[int, int]) -> np.ndarray:
@@ -121,9 +123,14 @@ def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Pa
 
     found: dict[str, ClipClassifier] = {}
     if teacher is not None:
-        from vidconv_deploy.checkpoints import load_model
-
         found["faithful teacher (PyTorch)"] = TorchClassifier(load_model(teacher)[0])
+    if "float_checkpoint" in artifacts:  # FINN bundles: the float model and its integer FINN variant
+        found["float"] = TorchClassifier(load_model(path("float_checkpoint"))[0])
+    if "finn_checkpoint" in artifacts:
+        from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
+
+        finn = load_finn_checkpoint(path("finn_checkpoint"))
+        found[f"FINN {finn.bits} (Brevitas, bit-exact with the accelerator)"] = TorchClassifier(finn)
     if "float_onnx" in artifacts:
         found["float"] = WholeClipGraph(path("float_onnx"))
     if "deploy_onnx" in artifacts:

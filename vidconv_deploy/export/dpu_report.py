@@ -56,9 +56,7 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
                      [[s.float_tensor, s.fix_point, s.sqnr_db, s.cosine, s.max_lsb_error] for s in worst])
 
     if accuracy:
-        report.section("Accuracy").table(["model", "videos", "top-1 %", "top-5 %", "agreement with float %"],
-                                         [[r["model"], r["videos"], r["top1"], r["top5"], r["agreement_with_float"]]
-                                          for r in accuracy])
+        report.section("Accuracy").accuracy_table(accuracy)
 
     report.section("Compile (Vitis AI)")
     compiled = result.compile

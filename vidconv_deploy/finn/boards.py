@@ -69,3 +69,8 @@ def get_board(name: str) -> Board:
         close = difflib.get_close_matches(key, BOARDS, n=2)
         hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(BOARDS)}"
         raise UserError(f"unknown FINN board {name!r}: {hint}") from None
+
+
+def finn_targets() -> list[str]:
+    """``vidconv-export`` target names of the FINN boards (``finn-kv260``, ...)."""
+    return [f"finn-{name}" for name in BOARDS]

@@ -1,24 +1,30 @@
-"""The bit-exact chain: Brevitas integers == QONNX execution == FINN streamlined == FINN HW layers.
+"""The bit-exact chain: Brevitas integers == FINN streamlined == FINN HW layers, and QONNX beside them.
 
 For each clip, every form of the early graph runs once per frame on Brevitas's input, and every
 form of the later graph once on Brevitas's collage (the host tiles the frames' integer features,
 :func:`host_collage`), so each graph is checked on its own. Compared are the integers that cross to
-the host (the collage features) and the integer logits; the tolerance is zero. QONNX graphs compute
-in float on dequantized values, so their outputs are divided by the Brevitas scale and must land
-exactly on those integers. FINN graphs take and give integers (the host quantizes the input with
-the Brevitas input quantizer itself) and run in Python mode, before SpecializeLayers (cppsim and
-rtlsim need the Xilinx tools).
+the host (the collage features) and the integer logits. FINN graphs take and give integers (the
+host quantizes the input with the Brevitas input quantizer itself) and run in Python mode, before
+SpecializeLayers (cppsim and rtlsim need the Xilinx tools); they must equal Brevitas exactly.
 
-Where the two can differ: a value exactly on a rounding boundary. FINN's thresholds round half up
-(``x >= (k + 1/2) s``, finn/transformation/qonnx/qonnx_activation_handlers.py), Brevitas and QONNX
-round half to even, and both sides compute the boundary in floating point. A trained model almost
-never hits a boundary exactly; quantizers whose scales are exact multiples of each other do (an
-untrained ConvNeXt block with layer scale 1e-6 is an identity), which is why such mismatches are
-reported element by element, never rounded away.
+Brevitas runs in float64 here. Its fake-quant convs accumulate dequantized values in floating point,
+and in float32 about 0.1 % of an untrained vic-nano's features on real clips landed on the other
+side of a rounding boundary (measured: 11 of 18432, 1 LSB each) while FINN's integer graphs compute
+exactly; in float64 the two agreed on every integer. QONNX graphs also compute in float on
+dequantized values, but ONNX Runtime has no float64 Conv, so the same float32 effect remains there:
+their outputs (divided by the Brevitas scale) may differ by 1 LSB where a value sits within float32
+precision of a boundary. They are held to 1 LSB and every difference is counted in the result.
+
+Where exact arithmetic can still differ: a value exactly on a rounding boundary. FINN's thresholds
+round half up (``x >= (k + 1/2) s``, finn/transformation/qonnx/qonnx_activation_handlers.py),
+Brevitas rounds half to even. A trained model almost never hits a boundary exactly; quantizers whose
+scales are exact multiples of each other do (an untrained ConvNeXt block with layer scale 1e-6 is an
+identity), which is why mismatches are reported element by element, never rounded away.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -31,8 +37,9 @@ from finn.core.onnx_exec import execute_onnx as execute_finn
 from vidconv_deploy.finn.flow import as_ints
 from vidconv_deploy.finn.model import FinnViC
 
-#: The forms of each graph the chain compares, in order.
-FORMS = ("qonnx", "finn_streamlined", "finn_hw")
+#: The forms of each graph the chain compares, in order, and how many LSB each may differ from Brevitas.
+TOLERANCE_LSB = {"qonnx": 1, "finn_streamlined": 0, "finn_hw": 0}
+FORMS = tuple(TOLERANCE_LSB)
 
 
 @dataclasses.dataclass
@@ -71,14 +78,14 @@ def _scalar(scale: torch.Tensor) -> float:
 
 @torch.no_grad()
 def reference(model: FinnViC, clip: torch.Tensor) -> Reference:
-    """Brevitas on one clip ``(1, L, 3, H, W)``: input, feature and logit integers and scales."""
-    model.eval()
-    frames = clip.flatten(0, 1)
+    """Brevitas in float64 on one clip ``(1, L, 3, H, W)``: input, feature and logit integers and scales."""
+    model = copy.deepcopy(model).double().eval()  # exact accumulation, as the integer hardware
+    frames = clip.flatten(0, 1).double()
     features = model.early(frames)
     logits = model.later(model.collage(features.value))
     return Reference(
         input_ints=model.input_quant(frames).int().permute(0, 2, 3, 1).numpy().astype(np.int64),
-        frames=frames.numpy(),
+        frames=frames.float().numpy(),
         features=features.int().permute(0, 2, 3, 1).numpy().astype(np.int64),
         feature_scale=_scalar(features.scale),
         logits=logits.int().numpy().astype(np.int64),
@@ -110,31 +117,37 @@ def run_forms(early: GraphForms, later: GraphForms, ref: Reference, grid: tuple[
 
 
 def verify_chain(model: FinnViC, early: GraphForms, later: GraphForms, clips: list[torch.Tensor]) -> dict[str, Any]:
-    """Compare every form with Brevitas on ``clips`` (each ``(1, L, 3, H, W)``); tolerance zero on integers."""
+    """Compare every form with Brevitas on ``clips`` (each ``(1, L, 3, H, W)``), each within its :data:`TOLERANCE_LSB`."""
     grid = model.cfg.grid
     agree = {form: {"features": True, "logits": True} for form in FORMS}
-    worst_off_grid, mismatches = 0.0, []
+    worst_off_grid, mismatches, qonnx_rounding = 0.0, [], []
     for i, clip in enumerate(clips):
         ref = reference(model, clip)
         for form, result in run_forms(early, later, ref, grid).items():
             for what in ("features", "logits"):
                 expected = getattr(ref, what)
-                same = result[what].shape == expected.shape and np.array_equal(result[what], expected)
-                agree[form][what] &= same
-                if not same:
-                    if result[what].shape != expected.shape:
-                        mismatches.append(f"clip {i}: {form} {what} have shape {result[what].shape}, not {expected.shape}")
-                    else:
-                        diff = np.abs(result[what] - expected)
-                        mismatches.append(f"clip {i}: {form} {what}: {int((diff > 0).sum())} of {diff.size} "
-                                          f"integers differ from Brevitas, by up to {int(diff.max())} LSB")
+                if result[what].shape != expected.shape:
+                    agree[form][what] = False
+                    mismatches.append(f"clip {i}: {form} {what} have shape {result[what].shape}, not {expected.shape}")
+                    continue
+                diff = np.abs(result[what] - expected)
+                if not diff.any():
+                    continue
+                line = f"clip {i}: {form} {what}: {int((diff > 0).sum())} of {diff.size} integers differ from Brevitas, by up to {int(diff.max())} LSB"
+                if diff.max() > TOLERANCE_LSB[form]:
+                    agree[form][what] = False
+                    mismatches.append(line)
+                else:
+                    qonnx_rounding.append(line)
             worst_off_grid = max(worst_off_grid, result.get("max_off_grid", 0.0))
     return {
         "clips": len(clips),
-        "criterion": "integer features and logits identical to Brevitas (tolerance 0 LSB), each graph on "
+        "criterion": "integer features and logits of the FINN streamlined and HW-layer graphs identical to Brevitas "
+                     "(float64, tolerance 0 LSB), QONNX execution (float32 in ONNX Runtime) within 1 LSB; each graph on "
                      "Brevitas's own input; FINN graphs run in Python mode before SpecializeLayers",
         "agree": agree,
         "bit_exact": not mismatches,
         "mismatches": mismatches,
+        "qonnx_float32_rounding": qonnx_rounding,
         "qonnx_max_off_grid": worst_off_grid,
     }

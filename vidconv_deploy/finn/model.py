@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from typing import Any
 
 import brevitas.nn as qnn
@@ -41,6 +42,10 @@ from torch import nn
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.models.collage import frames_to_collage
 from vidconv_deploy.models.config import ViCConfig
+
+# brevitas.graph (calibration, export) warns on import that an optional CUDA kernel package is
+# missing; nothing here uses it, and the line would look like a problem in every FINN run.
+warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
 
 #: Bit widths of the layers that stay 8-bit whatever ``--bits`` says (input, stem, head, logits).
 EDGE_BITS = 8

@@ -26,12 +26,15 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from vidconv_deploy.atomic import write_text
+from vidconv_deploy.checkpoints import save_checkpoint
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.bundle import Bundle
 from vidconv_deploy.finn import finn_env
 from vidconv_deploy.finn.boards import Board, get_board
+from vidconv_deploy.finn.checkpoint import save_finn_checkpoint
 from vidconv_deploy.finn.model import Bits, FinnViC, GraphPart, calibrate, from_float
 from vidconv_deploy.finn.report import GRAPHS, finn_report, print_report
+from vidconv_deploy.models.vidconv import VidConv, build_model
 
 #: Clips the bit-exact chain runs (each: early graph per frame, later graph once, in four forms).
 CHAIN_CLIPS = 2
@@ -53,10 +56,8 @@ def _clip_batch(clip: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_model(model: nn.Module | None, bits: str, calib_clips: list[torch.Tensor] | None,
-                  seed: int) -> tuple[FinnViC, list[torch.Tensor], dict[str, Any]]:
-    """The FINN model to export (calibrated), the clips it saw and a record of where it came from."""
-    from vidconv_deploy.models.vidconv import build_model
-
+                  seed: int) -> tuple[FinnViC, VidConv | None, list[torch.Tensor], dict[str, Any]]:
+    """The FINN model to export (calibrated), the float model it came from, the clips it saw and a record of it all."""
     facts: dict[str, Any] = {}
     random_init = model is None
     if random_init:
@@ -78,13 +79,15 @@ def prepare_model(model: nn.Module | None, bits: str, calib_clips: list[torch.Te
         if str(model.bits) != bits:
             raise UserError(f"the given FINN model is {model.bits}, not {bits}: pass --bits {model.bits}")
         facts.setdefault("source", f"given {cfg.arch} FINN model ({model.bits}), used as is")
-        return model.eval(), clips, facts
+        with torch.no_grad():
+            model.eval()(clips[0])  # as calibrate() ends: refreshes the I/O metadata Brevitas caches for export
+        return model, None, clips, facts
     finn = from_float(model.eval(), bits)
     calibrate(finn, clips, reestimate_bn=random_init or cfg.norm == "layer")
     facts.setdefault("source", f"{cfg.arch} float weights")
     facts["conversion"] = (f"{cfg.arch} -> FINN variant {bits}: BatchNorm, QuantReLU, gamma/alpha folded; "
                            "not quantization-aware trained: run vidconv-finetune --qat for accuracy")
-    return finn, clips, facts
+    return finn, model, clips, facts
 
 
 def export_qonnx(model: FinnViC, part: str, workdir: Path) -> Any:
@@ -229,8 +232,14 @@ def export_finn_bundle(bundle: Bundle, model: nn.Module | None, board: str, bits
             progress.update(task, description=text)
 
         with bundle.step("FINN model") as record:
-            finn_model, clips, facts = prepare_model(model, bits, calib_clips, seed)
+            finn_model, float_model, clips, facts = prepare_model(model, bits, calib_clips, seed)
             record |= {"bits": bits, **facts}
+            # Both models in the bundle: vidconv-eval scores them (the FINN one is bit-exact with the accelerator).
+            save_finn_checkpoint(finn_model, bundle.directory / "finn_model.safetensors")
+            bundle.record_file("finn_checkpoint", "finn_model.safetensors")
+            if float_model is not None:
+                save_checkpoint(float_model, bundle.directory / "float_model.safetensors")
+                bundle.record_file("float_checkpoint", "float_model.safetensors")
         cfg = finn_model.cfg
         for graph, run in runs.items():
             stage(f"{graph}: QONNX export")

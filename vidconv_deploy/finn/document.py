@@ -1,0 +1,94 @@
+"""``report.md`` / ``report.html`` of a FINN bundle: what ran, the fit against the board, where the cycles
+go per layer (the bottleneck sets the frame rate), the bit-exact chain, accuracy and the work-arounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vidconv_deploy.atomic import atomic_path
+from vidconv_deploy.export.bundle import Bundle
+from vidconv_deploy.finn.boards import RESOURCES
+from vidconv_deploy.finn.report import GRAPHS
+from vidconv_deploy.report import Report
+
+#: Layers listed per graph in the tables (slowest first); the plot shows them all.
+LISTED_LAYERS = 12
+
+
+def save_cycles_plot(layers: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """Bar chart of estimated cycles per layer in stream order, the slowest (the bottleneck) in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, cycles = list(layers), [layers[n]["cycles"] for n in layers]
+    slowest = max(cycles)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(names) + 2), 4.5))
+    ax.bar(range(len(names)), cycles, color=["tab:red" if c == slowest else "tab:blue" for c in cycles])
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_yscale("log")
+    ax.set_ylabel("cycles per input (log)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def finn_document(bundle: Bundle, report: dict[str, Any], model_facts: dict[str, Any],
+                  accuracy: list[dict] | None = None) -> tuple[Path, Path]:
+    """Write the report (both renderings, plots under ``report_files/``) and return the two paths."""
+    doc = Report(f"{model_facts['arch']} -> {bundle.target} ({report['bits']})")
+    doc.section("What ran").table(
+        ["step", "status", "seconds / reason"],
+        [[s["name"], s["status"], s.get("seconds", s.get("reason", ""))] for s in bundle.steps])
+    doc.text(f"Weights: {model_facts['weights']}.")
+
+    board = report["board"]
+    doc.section(f"Fit on {board['name']} ({board['part']})").table(
+        ["resource", "estimated", "available", "utilization"],
+        [[key, "n/a" if report["resources"][key] is None else f"{report['resources'][key]:,.0f}",
+          f"{board['budget'][key]:,}",
+          "n/a" if report["utilization"][key] is None else f"{report['utilization'][key]:.1%}"] for key in RESOURCES])
+    verdict = "fits" if report["fits"] else "does NOT fit"
+    doc.text(f"Verdict: {verdict} ({report['estimator']}). Budget source: {board['source']}.")
+    if report["unmapped_nodes"]:
+        doc.table(["graph", "node", "op", "why"],
+                  [[n["graph"], n["node"], n["op_type"], n["why"]] for n in report["unmapped_nodes"]])
+    if report["fps"] is not None:
+        doc.text(f"Throughput {report['fps']:.2f} clips/s, latency {report['latency_ms']:.2f} ms ({report['fps_unit']}); "
+                 f"folding: {report['folding']['policy']}.")
+
+    files = bundle.directory / "report_files"
+    for graph in GRAPHS:
+        estimate = report["graphs"].get(graph)
+        if not estimate:
+            continue
+        layers = estimate["layers"]
+        doc.section(f"{graph} graph: cycles and resources per layer")
+        save_cycles_plot(layers, files / f"finn_cycles_{graph}.png", f"{graph}: estimated cycles per layer")
+        doc.image(f"report_files/finn_cycles_{graph}.png", f"{graph}: cycles per layer (bottleneck in red)")
+        slowest = sorted(layers.items(), key=lambda item: -item[1]["cycles"])[:LISTED_LAYERS]
+        doc.table(["layer (slowest first)", "cycles", *[k for k in RESOURCES if k != "FF"]],
+                  [[name, facts["cycles"], *[facts.get(k, "") for k in RESOURCES if k != "FF"]] for name, facts in slowest])
+        doc.text(f"Bottleneck {estimate['max_cycles_node']}: {estimate['max_cycles']:,} cycles per input; "
+                 f"critical path {estimate['critical_path_cycles']:,} cycles.")
+
+    chain = report["chain"]
+    doc.section("Bit-exact chain").text(
+        "Brevitas integer outputs (float64) = FINN Python execution of the streamlined and HW-layer graphs: "
+        + (f"bit-exact on {chain['clips']} clips." if chain["bit_exact"] else f"NOT bit-exact: {chain.get('mismatches') or chain.get('reason')}."))
+    rounding = chain.get("qonnx_float32_rounding")
+    if chain["bit_exact"]:
+        doc.text("QONNX execution (float32 in ONNX Runtime) within 1 LSB: "
+                 + ("; ".join(rounding) + " (values within float32 precision of a rounding boundary)." if rounding
+                    else "identical on every integer."))
+    if accuracy:
+        doc.section("Accuracy").accuracy_table(accuracy)
+    doc.section("Work-arounds for finn-plus here").text("; ".join(report["workarounds"]) + ".")
+    doc.text("Tools that ran: " + ", ".join(f"{k} {v}" for k, v in report["tools"].items()) + ".")
+    return doc.write(bundle.directory)
