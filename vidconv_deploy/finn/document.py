@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vidconv_deploy.atomic import atomic_path
 from vidconv_deploy.export.bundle import Bundle
 from vidconv_deploy.finn.boards import RESOURCES
 from vidconv_deploy.finn.report import GRAPHS
+from vidconv_deploy.plots import save_layer_bars
 from vidconv_deploy.report import Report
 
 #: Layers listed per graph in the tables (slowest first); the plot shows them all.
@@ -18,25 +18,9 @@ LISTED_LAYERS = 12
 
 def save_cycles_plot(layers: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     """Bar chart of estimated cycles per layer in stream order, the slowest (the bottleneck) in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names, cycles = list(layers), [layers[n]["cycles"] for n in layers]
-    slowest = max(cycles)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(names) + 2), 4.5))
-    ax.bar(range(len(names)), cycles, color=["tab:red" if c == slowest else "tab:blue" for c in cycles])
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=90, fontsize=6)
-    ax.set_yscale("log")
-    ax.set_ylabel("cycles per input (log)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    cycles = [facts["cycles"] for facts in layers.values()]
+    colors = ["tab:red" if c == max(cycles) else "tab:blue" for c in cycles]
+    save_layer_bars(list(layers), cycles, path, title, "cycles per input (log)", colors, log=True)
 
 
 def finn_document(bundle: Bundle, report: dict[str, Any], model_facts: dict[str, Any],

@@ -68,6 +68,9 @@ def versions() -> dict[str, str]:
 
 
 FINN_LOGGER = "finn_logger"  # finn/util/logging.py
+#: Loggers silenced during the flow: finn-plus's per-node warnings, and torch's ONNX exporter listing
+#: torchvision ops it skips on every Brevitas QONNX export (torchvision is not a dependency).
+QUIET_LOGGERS = (FINN_LOGGER, "torch.onnx._internal.exporter._registration")
 
 
 @contextlib.contextmanager
@@ -79,17 +82,19 @@ def finn_session() -> Iterator[io.StringIO]:
     """
     require_finn()
     captured = io.StringIO()
-    logger = logging.getLogger(FINN_LOGGER)
-    level, propagate = logger.level, logger.propagate
-    logger.setLevel(logging.ERROR)
-    logger.propagate = False
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+        logger.propagate = False
     try:
         with contextlib.redirect_stdout(captured), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield captured
     finally:
-        logger.setLevel(level)
-        logger.propagate = propagate
+        for logger, (level, propagate) in zip(loggers, saved):
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 class _Collect(logging.Handler):

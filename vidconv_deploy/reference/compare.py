@@ -22,7 +22,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from rich.table import Table
 
-from vidconv_deploy.atomic import atomic_path
+from vidconv_deploy.plots import save_layer_bars
 from vidconv_deploy.quant.graph import TENSOR_MAP_KEY
 from vidconv_deploy.reference.executor import Executor, ReferenceRun
 
@@ -229,20 +229,5 @@ def layer_table(stats: Sequence[LayerStats]) -> Table:
 
 def save_sqnr_plot(stats: Sequence[LayerStats], path: str | os.PathLike[str], title: str = "INT8 vs float: SQNR per layer") -> None:
     """Bar chart of SQNR per quantized tensor (graph order), written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     finite = [s.sqnr_db if math.isfinite(s.sqnr_db) else np.nan for s in stats]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(stats) + 2), 4.5))
-    ax.bar(range(len(stats)), finite, color="tab:blue")
-    ax.set_xticks(range(len(stats)))
-    ax.set_xticklabels([s.tensor if len(s.tensor) <= 32 else "..." + s.tensor[-29:] for s in stats], rotation=90, fontsize=6)
-    ax.set_ylabel("SQNR (dB)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_layer_bars([s.tensor for s in stats], finite, path, title, "SQNR (dB)")
