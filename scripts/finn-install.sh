@@ -28,8 +28,14 @@ PYEOF
 
 before="$(pinned)"
 "$PY" -m pip install --no-deps "finn-plus==1.6.1"
-"$PY" -m pip install "pydantic>2.0" "scipy>=1.17,<1.18" "onnxoptimizer>=0.4.2,<0.5.0" \
-  "mashumaro[yaml]>=3.15,<4.0" "mip==1.17.0"
+log="$(mktemp)"
+if ! "$PY" -m pip install "pydantic>2.0" "scipy>=1.17,<1.18" "onnxoptimizer>=0.4.2,<0.5.0" \
+  "mashumaro[yaml]>=3.15,<4.0" "mip==1.17.0" 2>"$log"; then
+  cat "$log" >&2; rm -f "$log"; exit 1
+fi
+# pip lists finn-plus's own pins as conflicts; they are exactly what --no-deps leaves out (see above).
+grep -v -e "^finn-plus 1.6.1 requires" -e "dependency resolver does not currently take into account" "$log" >&2 || true
+rm -f "$log"
 after="$(pinned)"
 if [[ "$before" != "$after" ]]; then
   echo "finn-install: the install changed pinned packages:" >&2

@@ -102,6 +102,8 @@ def test_markdown_report_has_fit_table_cycles_plots_and_accuracy(nano):
     assert manifest["finn"]["board"] == "kv260"
     assert "## Fit on kv260 (xck26-sfvc784-2LV-c)" in text and "| BRAM_18K |" in text and "## Accuracy" in text
     assert "Bit-exact chain" in text and "bit-exact on 2 clips" in text and "QONNX execution (float32" in text
+    assert "## Per-layer error, w4a4 vs float" in text and "report_files/sqnr_finn.png" in text
+    assert (out / "report_files" / "sqnr_finn.png").read_bytes()[:4] == b"\x89PNG"
     for graph in ("early", "later"):
         assert (out / "report_files" / f"finn_cycles_{graph}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"report_files/finn_cycles_{graph}.png" in text

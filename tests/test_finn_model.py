@@ -12,6 +12,7 @@ from vidconv_deploy.cli.finetune import main as finetune_main
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.finn.boards import BOARDS, get_board
 from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
+from vidconv_deploy.finn.layer_error import quantizer_sqnr
 from vidconv_deploy.finn.model import Bits, FinnViC, calibrate, from_float, tile_to_collage, value
 from vidconv_deploy.finn.qat import distillation_loss
 from vidconv_deploy.models.collage import tile_to_collage as tile_repeat
@@ -153,6 +154,20 @@ def test_finetune_needs_a_student_or_qat(tmp_path, tiny_dataset, capsys):
     assert finetune_main(["--teacher", str(teacher), "--clips", str(tiny_dataset), "--out", str(tmp_path / "s.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--qat for the FINN variant" in err[0]
+
+
+def test_quantizer_sqnr_falls_with_the_bit_width():
+    """Per-quantizer SQNR against the same model with quantizers off: every quantizer in stream order, both
+    uses of a shared one counted, and far more error at 2 bits than at 8."""
+    src = float_model()
+    data = clips(1)
+    rows = {bits: quantizer_sqnr(calibrate(from_float(src, bits), data), data) for bits in ("w8a8", "w2a2")}
+    names = [row["quantizer"] for row in rows["w8a8"]]
+    assert names[0] == "input_quant" and names[-1] == "out_quant" and names == [r["quantizer"] for r in rows["w2a2"]]
+    first_block = {row["quantizer"]: row["elements"] for row in rows["w8a8"]}
+    assert first_block["stages.0.0.quant_in"] == 2 * first_block["downs.1.quant"]  # same tensor shape, used twice
+    mean = {bits: sum(r["sqnr_db"] for r in rs) / len(rs) for bits, rs in rows.items()}
+    assert mean["w8a8"] > 25 and mean["w8a8"] > mean["w2a2"] + 15
 
 
 def test_boards():

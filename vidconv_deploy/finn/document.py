@@ -1,5 +1,6 @@
 """``report.md`` / ``report.html`` of a FINN bundle: what ran, the fit against the board, where the cycles
-go per layer (the bottleneck sets the frame rate), the bit-exact chain, accuracy and the work-arounds."""
+go per layer (the bottleneck sets the frame rate), the bit-exact chain, per-layer SQNR, accuracy and the
+work-arounds."""
 
 from __future__ import annotations
 
@@ -71,6 +72,20 @@ def finn_document(bundle: Bundle, report: dict[str, Any], model_facts: dict[str,
         doc.text("QONNX execution (float32 in ONNX Runtime) within 1 LSB: "
                  + ("; ".join(rounding) + " (values within float32 precision of a rounding boundary)." if rounding
                     else "identical on every integer."))
+    sqnr = report.get("layer_sqnr")
+    if sqnr:
+        doc.section(f"Per-layer error, {report['bits']} vs float")
+        defined = [row for row in sqnr["quantizers"] if row["sqnr_db"] is not None]
+        save_layer_bars([row["quantizer"] for row in defined], [row["sqnr_db"] for row in defined],
+                        files / "sqnr_finn.png", f"{report['bits']} vs float: SQNR per quantizer", "SQNR (dB)")
+        doc.image("report_files/sqnr_finn.png", "SQNR of every activation quantizer's output (stream order)")
+        doc.text("Float here is the same Brevitas model with its quantizers off (the float DPU variant exactly), on "
+                 f"{sqnr['clips']} calibration clips; each figure includes the error of every layer before it. "
+                 "After QAT the weights are tuned for the quantized model, so low figures there are expected; "
+                 "accuracy is the measure that counts.")
+        worst = sorted(defined, key=lambda row: row["sqnr_db"])[:8]
+        doc.table(["quantizer (lowest SQNR first)", "SQNR dB", "elements"],
+                  [[row["quantizer"], row["sqnr_db"], row["elements"]] for row in worst])
     if accuracy:
         doc.section("Accuracy").accuracy_table(accuracy)
     doc.section("Work-arounds for finn-plus here").text("; ".join(report["workarounds"]) + ".")

@@ -32,6 +32,7 @@ from vidconv_deploy.export.bundle import Bundle
 from vidconv_deploy.finn import finn_env
 from vidconv_deploy.finn.boards import Board, get_board
 from vidconv_deploy.finn.checkpoint import save_finn_checkpoint
+from vidconv_deploy.finn.layer_error import quantizer_sqnr
 from vidconv_deploy.finn.model import Bits, FinnViC, GraphPart, calibrate, from_float
 from vidconv_deploy.finn.report import GRAPHS, finn_report, print_report
 from vidconv_deploy.models.vidconv import VidConv, build_model
@@ -282,11 +283,15 @@ def export_finn_bundle(bundle: Bundle, model: nn.Module | None, board: str, bits
                 f"{g}/{n['node']} ({n['op_type']})" for g, r in runs.items() for n in r.unmapped)
             for step in ("verify bit-exact chain", "dataflow", "estimate", "finn build"):
                 bundle.not_run(step, unmapped)
+        stage("per-layer error")
+        with bundle.step("per-layer error"):
+            layer_sqnr = quantizer_sqnr(finn_model, clips[:CHAIN_CLIPS])
         stage("report")
         estimates = {g: r.estimate for g, r in runs.items()} if mapped else None
         report = finn_report(target, bits, cfg.frames, flow.CLK_NS, {g: r.unmapped for g, r in runs.items()}, estimates, {
             "host": {g: r.host.to_dict() for g, r in runs.items()},
             "chain": chain,
+            "layer_sqnr": {"clips": len(clips[:CHAIN_CLIPS]), "quantizers": layer_sqnr},
             "folding": {"target_fps": fps, "policy": "SetFolding to the target" if fps else
                         "no --fps: every layer fully folded (PE = SIMD = 1), the smallest design",
                         "notes": {g: r.notes for g, r in runs.items()}},
