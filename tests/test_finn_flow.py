@@ -189,3 +189,20 @@ def test_folding_to_a_target_fps(dataflow):
         assert fast[graph]["resources"]["LUT"] > folded[graph]["resources"]["LUT"]
     report = finn_report(get_board("kv260"), "w4a4", 9, flow.CLK_NS, {}, fast, {})
     assert report["fps"] >= 2000.0 and np.isfinite(report["latency_ms"])
+
+
+def test_large_weight_memories_go_to_uram_widened(tiny, dataflow):
+    """With every MVAU of >= 1 BRAM_18K sent to UltraRAM: BRAM falls, URAM is used, the moved layers read
+    wider words (SIMD * PE * weight bits <= 36) and the folding config carries ram_style and the write port."""
+    _, forms, _, work = tiny
+    board = get_board("kv260")
+    folded, _ = dataflow["folded"]
+    with finn_session():
+        df = flow.specialize_and_fold(forms["later"].finn_hw, board.part, flow.target_cycles(None), work / "uram",
+                                      uram_min_bram=1)
+        moved = flow.estimate(df.model, board.part)
+    assert moved["resources"]["BRAM_18K"] < folded["later"]["resources"]["BRAM_18K"] and moved["resources"]["URAM"] > 0
+    ultra = {name: cfg for name, cfg in df.folding.items() if cfg.get("ram_style") == "ultra"}
+    assert ultra and all(cfg["runtime_writeable_weights"] == 1 and cfg["SIMD"] * cfg["PE"] * 4 <= 36 for cfg in ultra.values())
+    assert any(cfg["SIMD"] > 1 for cfg in ultra.values())
+    assert sum("to URAM" in note for note in df.notes) == len(ultra)

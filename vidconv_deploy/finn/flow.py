@@ -93,6 +93,8 @@ REQUANT_BITWIDTH_THRESHOLD = 9
 FOLDING_ATTRS = ("PE", "SIMD", "EmbFold", "SeqFold", "parallel_window", "ram_style", "ram_style_thresholds",
                  "ram_style_mask", "depth", "impl_style", "resType", "mac_resource", "mem_mode",
                  "runtime_writeable_weights", "depth_trigger_uram", "depth_trigger_bram")
+#: UltraRAM placement: MVAU weight memories of at least this many BRAM_18K go to URAM on parts that have it.
+URAM_MIN_BRAM = 32
 #: A cycle target no layer misses: SetFolding then keeps every layer at PE = SIMD = 1.
 FULLY_FOLDED = 2**62
 #: A bound on streamlining passes; vic-nano's graphs settle in three.
@@ -324,9 +326,43 @@ class Dataflow:
     notes: list[str]
 
 
-def specialize_and_fold(model: ModelWrapper, part: str, target_cycles: int, workdir: Path) -> Dataflow:
+def weights_to_uram(model: ModelWrapper, part: str, min_bram: int) -> list[str]:
+    """Move every MVAU weight memory of ``min_bram`` BRAM_18K or more to UltraRAM, widened to fill its words.
+
+    Why widen: fully folded (PE = SIMD = 1) a 4-bit layer reads 4-bit words, and a BRAM_18K and a
+    URAM both hold 4096 of those, so moving it alone saves nothing. With SIMD raised to the largest
+    divisor of the input width that keeps the weight stream within the builder's ``mvau_wwidth_max``
+    (36 bits), one URAM (4096 x 72 bits, UG573) holds about 9x more weights; the layer also runs
+    SIMD times faster. ``ram_style="ultra"`` needs ``runtime_writeable_weights=1`` (the MVAU
+    attribute's own comment in finn-plus). This is the memory step FINN users otherwise do by hand
+    when a board's BRAM runs out first (vic-nano w4a4 on a KV260: 404 BRAM_18K of 288). Returns notes.
+    """
+    notes = []
+    for node in model.graph.node:
+        if not node.op_type.startswith("MVAU"):
+            continue
+        inst = getCustomOp(node)
+        brams = inst.bram_estimation(part)
+        if brams < min_bram:
+            continue
+        pe, simd = inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD")
+        bits = inst.get_input_datatype(1).bitwidth()
+        width = inst.get_nodeattr("MW")
+        wide = max((d for d in range(1, width + 1) if width % d == 0 and d * pe * bits <= MVAU_WWIDTH_MAX), default=simd)
+        inst.set_nodeattr("SIMD", max(simd, wide))
+        inst.set_nodeattr("ram_style", "ultra")
+        inst.set_nodeattr("runtime_writeable_weights", 1)
+        notes.append(f"{node.name}: weights to URAM at SIMD {max(simd, wide)} (were {brams} BRAM_18K at SIMD {simd})")
+    return notes
+
+
+def specialize_and_fold(model: ModelWrapper, part: str, target_cycles: int, workdir: Path,
+                        uram_min_bram: int | None = None) -> Dataflow:
     """step_create_dataflow_partition, step_specialize_layers, step_target_fps_parallelization,
-    step_minimize_bit_width, step_transpose_decomposition: the dataflow graph ready for ``finn build``."""
+    step_minimize_bit_width, step_transpose_decomposition: the dataflow graph ready for ``finn build``.
+
+    ``uram_min_bram``: move MVAU weight memories at least this large to UltraRAM (:func:`weights_to_uram`);
+    None leaves every memory where FINN puts it."""
     parent = model.transform(CreateDataflowPartition(partition_model_dir=str(workdir)))
     partitions = parent.get_nodes_by_op_type("StreamingDataflowPartition")
     if len(partitions) != 1 or len(parent.graph.node) != 1:
@@ -343,6 +379,8 @@ def specialize_and_fold(model: ModelWrapper, part: str, target_cycles: int, work
                   InferDataTypes(), GiveUniqueNodeNames()):
             model = model.transform(t)
     notes = [f"SetFolding: {w}" for w in dict.fromkeys(said)]
+    if uram_min_bram is not None:
+        notes += weights_to_uram(model, part, uram_min_bram)
     return Dataflow(model, extract_model_config(model, None, FOLDING_ATTRS), notes)
 
 

@@ -270,7 +270,8 @@ def export_finn_bundle(bundle: Bundle, model: nn.Module | None, board: str, bits
                 frames = cfg.frames if graph == "early" else 1
                 with bundle.step(f"dataflow {graph}") as record:
                     cycles = flow.target_cycles(None if fps is None else fps * frames)
-                    dataflow = flow.specialize_and_fold(run.forms.finn_hw, target.part, cycles, workdir / f"df_{graph}")
+                    dataflow = flow.specialize_and_fold(run.forms.finn_hw, target.part, cycles, workdir / f"df_{graph}",
+                                                        flow.URAM_MIN_BRAM if target.budget["URAM"] else None)
                     run.notes = dataflow.notes
                     record |= {"part": target.part, "target_cycles": cycles}
                     bundle.write_onnx(f"finn_dataflow_{graph}", f"finn_dataflow_{graph}.onnx", dataflow.model.model)
