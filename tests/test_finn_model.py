@@ -8,6 +8,7 @@ import yaml
 from brevitas.graph.calibrate import quantization_status_manager
 
 from vidconv_deploy.checkpoints import load_model, save_checkpoint
+from vidconv_deploy.cli.export import finn_teacher
 from vidconv_deploy.cli.finetune import main as finetune_main
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.finn.boards import BOARDS, get_board
@@ -17,6 +18,7 @@ from vidconv_deploy.finn.model import Bits, FinnViC, calibrate, from_float, tile
 from vidconv_deploy.finn.qat import distillation_loss
 from vidconv_deploy.models.collage import tile_to_collage as tile_repeat
 from vidconv_deploy.models.vidconv import build_model
+from vidconv_deploy.models.zoo import shipped_weights
 
 TINY = {"dims": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "neck_dim": 32}
 
@@ -144,8 +146,15 @@ def test_finetune_qat_cli_trains_and_writes_a_finn_checkpoint(tmp_path, tiny_dat
     assert card["accuracy"]["test"]["student"]["videos"] == 6 and "top1_agreement_with_teacher" in card["accuracy"]["test"]
     student = load_finn_checkpoint(out)
     assert isinstance(student, FinnViC) and str(student.bits) == "w4a4"
+    assert finn_teacher(out) == teacher  # vidconv-export --target finn-* scores it as the float reference
     untrained = from_float(load_model(teacher)[0].eval(), "w4a4")
     assert not torch.equal(untrained.stages[2][0].pwconv1.weight, student.stages[2][0].pwconv1.weight)
+
+
+def test_shipped_finn_model_names_the_shipped_teacher():
+    shipped = shipped_weights("vic-nano-finn-w4a4")
+    assert shipped is not None and finn_teacher(shipped).resolve() == shipped_weights("vic-nano").resolve()
+    assert finn_teacher(shipped_weights("vic-nano")) is None  # a float model's card names no teacher
 
 
 def test_finetune_needs_a_student_or_qat(tmp_path, tiny_dataset, capsys):

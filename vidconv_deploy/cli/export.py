@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -97,7 +98,11 @@ def load_weights(args: argparse.Namespace, family: str) -> tuple[torch.nn.Module
         from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
 
         where = f"shipped demo weights models/{checkpoint.name}" if checkpoint == shipped_finn else str(checkpoint)
-        return load_finn_checkpoint(checkpoint), {"source": f"{where} (FINN variant {finn_metadata(checkpoint)['bits']})"}
+        weights = {"source": f"{where} (FINN variant {finn_metadata(checkpoint)['bits']})"}
+        teacher = finn_teacher(checkpoint)
+        if teacher is not None:
+            weights["teacher"] = str(teacher)
+        return load_finn_checkpoint(checkpoint), weights
     if checkpoint is not None:
         model, report = load_model(checkpoint, build)
         weights = {"source": str(checkpoint), "layout": report.layout, "report": report.summary()}
@@ -112,6 +117,17 @@ def load_weights(args: argparse.Namespace, family: str) -> tuple[torch.nn.Module
         model, note = to_dpu_variant(model)
         weights["conversion"] = note
     return model, weights
+
+
+def finn_teacher(checkpoint: Path) -> Path | None:
+    """The float model a FINN checkpoint was QAT-trained from, as its model card (``vidconv-finetune --qat``) names
+    it: that file if it exists, else the shipped weights of the card's teacher arch; None if neither is found."""
+    card_path = checkpoint.with_suffix(".yaml")
+    if not card_path.is_file():
+        return None
+    source = (yaml.safe_load(card_path.read_text(encoding="utf-8")) or {}).get("distilled_from", {})
+    named = Path(source.get("teacher", ""))
+    return named if named.is_file() else shipped_weights(source.get("arch", ""))
 
 
 def to_dpu_variant(model: VidConv) -> tuple[VidConv, str]:
@@ -191,8 +207,9 @@ def export_finn(args: argparse.Namespace, model: torch.nn.Module, weights: dict[
     cfg = model.cfg
     clips, source, skips = calibration_clips(args.calib, cfg.frames, cfg.image_size, args.calib_clips)
     bundle = Bundle(out, args.target)  # only now: bad calibration input leaves no bundle behind
+    teacher = load_model(weights["teacher"])[0].eval() if "teacher" in weights else None
     result = export_finn_bundle(bundle, model, args.target, args.bits, args.fps,
-                                [torch.from_numpy(c) for c in clips], DEFAULT_SEED)
+                                [torch.from_numpy(c) for c in clips], DEFAULT_SEED, teacher)
     facts = {"arch": cfg.arch, "config": cfg.to_dict(), "weights": weights}
     ok = result["mapped"] and result["bit_exact"]
     accuracy = None

@@ -205,12 +205,13 @@ class GraphRun:
 
 def export_finn_bundle(bundle: Bundle, model: nn.Module | None, board: str, bits: str = "w4a4",
                        fps: float | None = None, calib_clips: list[torch.Tensor] | None = None,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, teacher: VidConv | None = None) -> dict[str, Any]:
     """Run the FINN flow for ``board`` into ``bundle``; return the report and the verdicts.
 
     ``model``: a float VidConv (converted and calibrated), a :class:`FinnViC` (e.g. after QAT, used
     as is) or None (random ``vic-nano-dpu``). ``fps``: target clips per second for folding (None:
-    every layer fully folded, the smallest design). The caller exits non-zero unless ``mapped`` and
+    every layer fully folded, the smallest design). ``teacher``: the float model a given FinnViC was
+    trained from, kept in the bundle as its float reference. The caller exits non-zero unless ``mapped`` and
     ``bit_exact``; ``fits`` is the resource verdict. Pass ``manifest`` to ``bundle.finish``.
     """
     finn_env.require_finn()
@@ -234,6 +235,7 @@ def export_finn_bundle(bundle: Bundle, model: nn.Module | None, board: str, bits
 
         with bundle.step("FINN model") as record:
             finn_model, float_model, clips, facts = prepare_model(model, bits, calib_clips, seed)
+            float_model = float_model or teacher
             record |= {"bits": bits, **facts}
             # Both models in the bundle: vidconv-eval scores them (the FINN one is bit-exact with the accelerator).
             save_finn_checkpoint(finn_model, bundle.directory / "finn_model.safetensors")
