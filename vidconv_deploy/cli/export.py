@@ -95,14 +95,7 @@ def load_weights(args: argparse.Namespace, family: str) -> tuple[torch.nn.Module
     if checkpoint is not None and finn_metadata(checkpoint) is not None:
         if family != "finn":
             raise UserError(f"{checkpoint} is a FINN checkpoint (vidconv-finetune --qat): export it with --target finn-<board>")
-        from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
-
-        where = f"shipped demo weights models/{checkpoint.name}" if checkpoint == shipped_finn else str(checkpoint)
-        weights = {"source": f"{where} (FINN variant {finn_metadata(checkpoint)['bits']})"}
-        teacher = finn_teacher(checkpoint)
-        if teacher is not None:
-            weights["teacher"] = str(teacher)
-        return load_finn_checkpoint(checkpoint), weights
+        return load_finn_weights(checkpoint, shipped=checkpoint == shipped_finn)
     if checkpoint is not None:
         model, report = load_model(checkpoint, build)
         weights = {"source": str(checkpoint), "layout": report.layout, "report": report.summary()}
@@ -117,6 +110,18 @@ def load_weights(args: argparse.Namespace, family: str) -> tuple[torch.nn.Module
         model, note = to_dpu_variant(model)
         weights["conversion"] = note
     return model, weights
+
+
+def load_finn_weights(checkpoint: Path, shipped: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A QAT-trained FINN model, used as is, and the record of its weights (with its float teacher if found)."""
+    from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
+
+    where = f"shipped demo weights models/{checkpoint.name}" if shipped else str(checkpoint)
+    weights = {"source": f"{where} (FINN variant {finn_metadata(checkpoint)['bits']})"}
+    teacher = finn_teacher(checkpoint)
+    if teacher is not None:
+        weights["teacher"] = str(teacher)
+    return load_finn_checkpoint(checkpoint), weights
 
 
 def finn_teacher(checkpoint: Path) -> Path | None:
