@@ -15,10 +15,10 @@ from vidconv_deploy.finn.boards import BOARDS, get_board
 from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
 from vidconv_deploy.finn.layer_error import quantizer_sqnr
 from vidconv_deploy.finn.model import Bits, FinnViC, calibrate, from_float, tile_to_collage, value
-from vidconv_deploy.finn.qat import distillation_loss
 from vidconv_deploy.models.collage import tile_to_collage as tile_repeat
 from vidconv_deploy.models.vidconv import build_model
 from vidconv_deploy.models.zoo import shipped_weights
+from vidconv_deploy.train.losses import DistillLoss
 
 TINY = {"dims": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "neck_dim": 32}
 
@@ -125,12 +125,14 @@ def test_wrong_clip_shape_is_a_user_error():
         finn(torch.zeros(1, 8, 3, 64, 64))
 
 
-def test_distillation_loss_is_zero_for_identical_logits_and_ce_with_labels():
+def test_qat_loss_is_zero_for_identical_logits_and_ce_with_labels():
+    """The loss vidconv-finetune --qat trains with: KL on logits, plus full-weight cross-entropy on labels."""
+    qat_loss = DistillLoss(label_weight=1.0)
     logits = torch.randn(3, 4)
-    assert distillation_loss(logits, logits, None).item() == pytest.approx(0.0, abs=1e-7)
+    assert qat_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-7)
     labels = torch.tensor([0, 1, 2])
     expected = torch.nn.functional.cross_entropy(logits, labels)
-    assert distillation_loss(logits, logits, labels).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert qat_loss(logits, logits, labels=labels).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_finetune_qat_cli_trains_and_writes_a_finn_checkpoint(tmp_path, tiny_dataset):

@@ -97,7 +97,6 @@ def _main(argv: Sequence[str] | None) -> int:
     teacher.eval().requires_grad_(False)
     if args.qat:
         from vidconv_deploy.finn.checkpoint import save_finn_checkpoint
-        from vidconv_deploy.finn.qat import distillation_loss
 
         student = finn_student(args, teacher)
         name, save = f"{split_arch(student.cfg.arch)[0]}-finn-{student.bits}", save_finn_checkpoint
@@ -113,7 +112,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(f"no usable videos in {args.clips} ({dataset.skips.counts()}): give --clips a folder of videos")
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=math.ceil(len(dataset) / args.batch), lr=args.lr,
                          warmup_epochs=0.25, weight_decay=0.0 if args.qat else 0.05)
-    criterion = DistillLoss()
+    # QAT: logits only (the FINN student has no float features to match), full-weight cross-entropy.
+    criterion = DistillLoss(label_weight=1.0) if args.qat else DistillLoss()
 
     def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         dataset.set_epoch(epoch)
@@ -124,7 +124,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.qat:
             with torch.no_grad():
                 target = teacher(clips)
-            return distillation_loss(model(clips).value, target, known)
+            return criterion(model(clips).value, target, labels=known)
         with torch.no_grad():
             t_logits, t_features = teacher.forward_with_features(clips)
         s_logits, s_features = model.forward_with_features(clips)

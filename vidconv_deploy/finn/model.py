@@ -259,7 +259,7 @@ def from_float(float_model: nn.Module, bits: Bits | str = "w4a4") -> FinnViC:
 
     From a faithful model (LayerNorm + GELU) the convs and linears copy over and the LayerNorm
     affine becomes the BatchNorm affine; its statistics must then be re-estimated (:func:`calibrate`
-    with ``reestimate_bn=True``) and the model fine-tuned (:func:`vidconv_deploy.finn.qat.qat_finetune`).
+    with ``reestimate_bn=True``) and the model fine-tuned (``vidconv-finetune --qat``).
     """
     src_cfg: ViCConfig = float_model.cfg
     cfg = dataclasses.replace(src_cfg, norm="batch", act="relu")
