@@ -12,6 +12,7 @@ pytest.importorskip("finn", reason="finn-plus not installed (scripts/finn-instal
 
 from finn.builder.build_dataflow_config import DataflowBuildConfig, default_build_dataflow_steps  # noqa: E402
 
+from vidconv_deploy import build_model  # noqa: E402
 from vidconv_deploy.cli.evaluate import main as eval_main  # noqa: E402
 from vidconv_deploy.cli.export import main as export_main  # noqa: E402
 from vidconv_deploy.errors import UserError  # noqa: E402
@@ -116,7 +117,7 @@ def test_markdown_report_has_fit_table_cycles_plots_and_accuracy(nano):
                                                          ("kv260", "w4", "wXaY")])
 def test_bad_arguments(tmp_path, board, bits, message):
     with pytest.raises(UserError, match=message):
-        export_finn_bundle(Bundle(tmp_path / "b", "finn-x"), None, board, bits)
+        export_finn_bundle(Bundle(tmp_path / "b", "finn-x"), build_model("vic-nano-dpu", num_classes=4), board, bits)
 
 
 def test_accuracy_of_float_and_finn_models_in_the_manifest_and_from_vidconv_eval(nano, tiny_dataset):

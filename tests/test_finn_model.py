@@ -197,4 +197,4 @@ def test_export_without_finn_plus_names_the_install_script(tmp_path, monkeypatch
 
     monkeypatch.setattr(finn_env, "finn_installed", lambda: False)
     with pytest.raises(UserError, match="scripts/finn-install.sh"):
-        export_finn_bundle(Bundle(tmp_path / "b", "finn-kv260"), None, "kv260")
+        export_finn_bundle(Bundle(tmp_path / "b", "finn-kv260"), float_model(), "kv260")

@@ -35,7 +35,7 @@ from vidconv_deploy.finn.checkpoint import save_finn_checkpoint
 from vidconv_deploy.finn.layer_error import quantizer_sqnr
 from vidconv_deploy.finn.model import Bits, FinnViC, GraphPart, calibrate, from_float
 from vidconv_deploy.finn.report import GRAPHS, finn_report, print_report
-from vidconv_deploy.models.vidconv import VidConv, build_model
+from vidconv_deploy.models.vidconv import VidConv
 
 #: Clips the bit-exact chain runs (each: early graph per frame, later graph once, in four forms).
 CHAIN_CLIPS = 2
@@ -56,18 +56,10 @@ def _clip_batch(clip: torch.Tensor) -> torch.Tensor:
     return clip.unsqueeze(0) if clip.ndim == 4 else clip
 
 
-def prepare_model(model: nn.Module | None, bits: str, calib_clips: list[torch.Tensor] | None,
+def prepare_model(model: nn.Module, bits: str, calib_clips: list[torch.Tensor] | None,
                   seed: int) -> tuple[FinnViC, VidConv | None, list[torch.Tensor], dict[str, Any]]:
     """The FINN model to export (calibrated), the float model it came from, the clips it saw and a record of it all."""
     facts: dict[str, Any] = {}
-    random_init = model is None
-    if random_init:
-        # Layer scale 1 (not ConvNeXt's 1e-6): with 1e-6 every untrained block is an identity, the
-        # quantizers see copies of one tensor, their scales become exact multiples of each other and
-        # values fall exactly on rounding boundaries, where FINN (half up) and Brevitas (half to even) differ.
-        torch.manual_seed(seed)
-        model = build_model("vic-nano-dpu", num_classes=8, layer_scale_init=1.0)
-        facts["source"] = f"random vic-nano-dpu (seed {seed}, layer scale 1): no model given"
     cfg = model.cfg
     if calib_clips:
         clips = [_clip_batch(c) for c in calib_clips]
@@ -79,13 +71,13 @@ def prepare_model(model: nn.Module | None, bits: str, calib_clips: list[torch.Te
     if isinstance(model, FinnViC):
         if str(model.bits) != bits:
             raise UserError(f"the given FINN model is {model.bits}, not {bits}: pass --bits {model.bits}")
-        facts.setdefault("source", f"given {cfg.arch} FINN model ({model.bits}), used as is")
+        facts["source"] = f"given {cfg.arch} FINN model ({model.bits}), used as is"
         with torch.no_grad():
             model.eval()(clips[0])  # as calibrate() ends: refreshes the I/O metadata Brevitas caches for export
         return model, None, clips, facts
     finn = from_float(model.eval(), bits)
-    calibrate(finn, clips, reestimate_bn=random_init or cfg.norm == "layer")
-    facts.setdefault("source", f"{cfg.arch} float weights")
+    calibrate(finn, clips, reestimate_bn=cfg.norm == "layer")
+    facts["source"] = f"{cfg.arch} float weights"
     facts["conversion"] = (f"{cfg.arch} -> FINN variant {bits}: BatchNorm, QuantReLU, gamma/alpha folded; "
                            "not quantization-aware trained: run vidconv-finetune --qat for accuracy")
     return finn, model, clips, facts
@@ -203,13 +195,13 @@ class GraphRun:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def export_finn_bundle(bundle: Bundle, model: nn.Module | None, board: str, bits: str = "w4a4",
+def export_finn_bundle(bundle: Bundle, model: nn.Module, board: str, bits: str = "w4a4",
                        fps: float | None = None, calib_clips: list[torch.Tensor] | None = None,
                        seed: int = 0, teacher: VidConv | None = None) -> dict[str, Any]:
     """Run the FINN flow for ``board`` into ``bundle``; return the report and the verdicts.
 
     ``model``: a float VidConv (converted and calibrated), a :class:`FinnViC` (e.g. after QAT, used
-    as is) or None (random ``vic-nano-dpu``). ``fps``: target clips per second for folding (None:
+    as is). ``fps``: target clips per second for folding (None:
     every layer fully folded, the smallest design). ``teacher``: the float model a given FinnViC was
     trained from, kept in the bundle as its float reference. The caller exits non-zero unless ``mapped`` and
     ``bit_exact``; ``fits`` is the resource verdict. Pass ``manifest`` to ``bundle.finish``.
