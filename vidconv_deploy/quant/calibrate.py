@@ -80,14 +80,8 @@ def reduce_axes(plan: GraphPlan, node: Node, rank: int) -> list[int]:
 
 def static_input(plan: GraphPlan, node: Node, index: int) -> np.ndarray | None:
     """A node's constant argument (shape, axes, split sizes, clip bound), or None if absent."""
-    proto = node.proto
-    assert proto is not None
-    if index >= len(proto.input) or not proto.input[index]:
-        return None
-    name = proto.input[index]
-    if name not in plan.initializers:
-        raise UserError(f"node {node.name}: input {name!r} must be a constant; fold shape computations with onnxsim")
-    return plan.initializers[name]
+    assert node.proto is not None
+    return K.constant_input(node.proto, index, plan.initializers, node.name)
 
 
 def avgpool_window(node: Node) -> K.Window:

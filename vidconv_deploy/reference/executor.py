@@ -265,12 +265,7 @@ class Executor:
         return self.constants[name]
 
     def _static(self, proto: onnx.NodeProto, index: int) -> np.ndarray | None:
-        if index >= len(proto.input) or not proto.input[index]:
-            return None
-        name = proto.input[index]
-        if name not in self.inits:
-            raise UserError(f"node {_label(proto)}: input {name!r} must be a constant; fold shape computations with onnxsim")
-        return self.inits[name]
+        return K.constant_input(proto, index, self.inits, _label(proto))
 
     def _q_fix_point(self, proto: onnx.NodeProto) -> int:
         zp = self._static(proto, 2)

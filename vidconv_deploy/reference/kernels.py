@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,20 @@ class Window:
 
     def padded(self, x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
         return F.pad(x, self.torch_pad(), value=value) if any(self.pads) else x
+
+
+def constant_input(proto: onnx.NodeProto, index: int, initializers: Mapping[str, np.ndarray], label: str) -> np.ndarray | None:
+    """A node's constant argument (shape, axes, split sizes, clip bound), or None if absent.
+
+    Both the calibration pass and the integer reference need these as numbers, not tensors, so one
+    computed at run time is refused with the fix.
+    """
+    if index >= len(proto.input) or not proto.input[index]:
+        return None
+    name = proto.input[index]
+    if name not in initializers:
+        raise UserError(f"node {label}: input {name!r} must be a constant; fold shape computations with onnxsim")
+    return initializers[name]
 
 
 def window(proto: onnx.NodeProto, kernel: tuple[int, int]) -> Window:
