@@ -116,12 +116,13 @@ def load_finn_weights(checkpoint: Path, shipped: bool) -> tuple[torch.nn.Module,
     """A QAT-trained FINN model, used as is, and the record of its weights (with its float teacher if found)."""
     from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
 
+    model = load_finn_checkpoint(checkpoint)
     where = f"shipped demo weights models/{checkpoint.name}" if shipped else str(checkpoint)
-    weights = {"source": f"{where} (FINN variant {finn_metadata(checkpoint)['bits']})"}
+    weights = {"source": f"{where} (FINN variant {model.bits})"}
     teacher = finn_teacher(checkpoint)
     if teacher is not None:
         weights["teacher"] = str(teacher)
-    return load_finn_checkpoint(checkpoint), weights
+    return model, weights
 
 
 def finn_teacher(checkpoint: Path) -> Path | None:

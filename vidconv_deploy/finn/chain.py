@@ -78,9 +78,10 @@ def _scalar(scale: torch.Tensor) -> float:
 
 @torch.no_grad()
 def reference(model: FinnViC, clip: torch.Tensor) -> Reference:
-    """Brevitas in float64 on one clip ``(1, L, 3, H, W)``: input, feature and logit integers and scales."""
-    model = copy.deepcopy(model).double().eval()  # exact accumulation, as the integer hardware
-    frames = clip.flatten(0, 1).double()
+    """Brevitas on one clip ``(1, L, 3, H, W)`` in the model's precision (float64 for the chain):
+    input, feature and logit integers and scales."""
+    model.eval()
+    frames = clip.flatten(0, 1).to(next(model.parameters()).dtype)
     features = model.early(frames)
     logits = model.later(model.collage(features.value))
     return Reference(
@@ -119,10 +120,11 @@ def run_forms(early: GraphForms, later: GraphForms, ref: Reference, grid: tuple[
 def verify_chain(model: FinnViC, early: GraphForms, later: GraphForms, clips: list[torch.Tensor]) -> dict[str, Any]:
     """Compare every form with Brevitas on ``clips`` (each ``(1, L, 3, H, W)``), each within its :data:`TOLERANCE_LSB`."""
     grid = model.cfg.grid
+    exact = copy.deepcopy(model).double()  # exact accumulation, as the integer hardware computes
     agree = {form: {"features": True, "logits": True} for form in FORMS}
     worst_off_grid, mismatches, qonnx_rounding = 0.0, [], []
     for i, clip in enumerate(clips):
-        ref = reference(model, clip)
+        ref = reference(exact, clip)
         for form, result in run_forms(early, later, ref, grid).items():
             for what in ("features", "logits"):
                 expected = getattr(ref, what)
