@@ -1,6 +1,9 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename.
 
-A crash or an error mid-write must never leave a half-written artifact under its final name.
+A crash or an error mid-write must never leave a half-written artifact under its final name. The
+temporary file is created private (mode 0600), so the finished file is given the mode an ordinary
+``open()`` would have given it (0666 less the umask) before the rename: a bundle stays readable by
+the group that shares a build folder.
 """
 
 from __future__ import annotations
@@ -11,17 +14,34 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+#: Suffix of every temporary file this module makes; bundles never record such files.
+TMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def is_temporary(path: Path) -> bool:
+    """A temporary file of :func:`atomic_path` (e.g. left behind by a ``kill -9``)."""
+    return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            tmp.chmod(0o666 & ~current_umask())
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,19 +1,23 @@
-"""``vidconv-export``: build or load a VidConv, rewrite it, export it and carry it to a target.
+"""vidconv-export: build or load a VidConv, rewrite it, export it and carry it to a target.
 
-Targets: ``onnx`` (exact standard-op graphs and the streaming split), ``dpu-<board>`` (the DPU
-variant lowered, checked, quantized with vai_q_pytorch's arithmetic, the integer reference and
-golden vectors, the Vitis AI compile step and the board dir) and ``finn-<board>`` (the Brevitas
-FINN variant at ``--bits``, QONNX, finn-plus streamlining, HW layers, folding to ``--fps``,
-resource estimates against the board, the bit-exact chain and the ``finn build`` step). With no
-arguments it runs the embedded default: the shipped demo model ``vic-nano`` to ``onnx``;
-``--target dpu-kv260`` or ``finn-kv260`` alone takes the shipped ``vic-nano-dpu`` and synthetic
-calibration videos.
+Targets (vidconv-export --list-targets): onnx (exact standard-op graphs and the streaming split),
+dpu-<board> (the DPU variant lowered, checked, quantized with vai_q_pytorch's arithmetic, the
+integer reference and golden vectors, the Vitis AI compile step and the board dir) and
+finn-<board> (the Brevitas FINN variant at --bits, QONNX, finn-plus streamlining, HW layers,
+folding to --fps, resource estimates against the board, the bit-exact chain and the finn build
+step). With no arguments it runs the embedded default: the shipped demo model vic-nano to onnx;
+--target dpu-kv260 or finn-kv260 alone takes the shipped vic-nano-dpu (or vic-nano-finn-w4a4) and
+synthetic calibration videos. A flag that conflicts with a checkpoint's own config is an error.
+
+Exit codes: 0 all that was asked holds; 1 a verdict failed (not exact, not compliant, not
+bit-exact, does not fit the board: --allow-unfit accepts that); 2 bad input or a tool error
+(nothing is written, an existing bundle stays as it was).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,87 +30,121 @@ from rich.table import Table
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.cli.info import parse_grid
-from vidconv_deploy.dpu.boards import dpu_targets
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.bundle import MANIFEST, Bundle
-from vidconv_deploy.export.pipeline import bundle_dir, export_onnx_bundle
-from vidconv_deploy.finn.boards import finn_targets
+from vidconv_deploy.export.bundle import MANIFEST
 from vidconv_deploy.finn.checkpoint import finn_metadata
 from vidconv_deploy.models.config import arch_names, split_arch
 from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv, build_model
 from vidconv_deploy.models.zoo import model_card, shipped_weights
+from vidconv_deploy.targets.export import Outcome, export_bundle
+from vidconv_deploy.targets.families import add_family_arguments, family, reject_foreign_flags
+from vidconv_deploy.targets.registry import Target, get_target, target_names
 
 DEFAULT_SEED = 0
-#: The FINN flow starts from the DPU variant too: its BatchNorm/ReLU map onto FINN's tensor for tensor.
-DEFAULT_ARCH = {"onnx": "vic-nano", "dpu": "vic-nano-dpu", "finn": "vic-nano-dpu"}
+#: Defaults of the model flags when no checkpoint decides them (None in the parser means "not given").
+MODEL_DEFAULTS = {"frames": 9, "classes": 400}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vidconv-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="onnx", help="onnx, dpu-<board> or finn-<board> (default: onnx)")
-    parser.add_argument("--arch", help=f"architecture: {', '.join(arch_names())} "
-                                       f"(default: the shipped vic-nano, or vic-nano-dpu for dpu-*/finn-* targets)")
+    parser.add_argument("--target", default="onnx", help="a target name (default: onnx); --list-targets shows them all")
+    parser.add_argument("--list-targets", action="store_true", help="print every target, what runs here and what needs "
+                                                                    "tools absent here, and exit")
+    parser.add_argument("--arch", help=f"architecture: {', '.join(arch_names())} (default: the target's shipped model)")
     parser.add_argument("--checkpoint", type=Path, help="weights: authors' MMAction2 .pth, ImageNet ConvNeXt, vidconv "
                                                         ".safetensors, or a FINN checkpoint from vidconv-finetune --qat")
-    parser.add_argument("--frames", type=int, default=9, help="frames per clip (default 9)")
+    parser.add_argument("--frames", type=int, help="frames per clip (default 9, or the checkpoint's)")
     parser.add_argument("--grid", help="collage grid ROWSxCOLS when frames is not a square")
     parser.add_argument("--image-size", type=int, help="frame size, a multiple of 32 (default: the arch's, 224 or 64)")
-    parser.add_argument("--classes", type=int, default=400, help="number of classes of a randomly initialised model (default 400)")
+    parser.add_argument("--classes", type=int, help="classes of a randomly initialised model (default 400)")
     parser.add_argument("--no-neck", action="store_true", help="model without the dilated neck conv")
-    parser.add_argument("--calib", type=Path, help="calibration videos: a dataset folder or a folder of videos (dpu/finn targets)")
-    parser.add_argument("--calib-clips", type=int, default=16, help="calibration clips (default 16)")
-    parser.add_argument("--eval", type=Path, help="dataset folder: score its test split and put accuracy in the report")
-    parser.add_argument("--bits", default="w4a4", help="FINN weight/activation bits wXaY (default w4a4)")
-    parser.add_argument("--fps", type=float, help="FINN folding target in clips per second (default: fully folded, smallest)")
-    parser.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build/)")
+    parser.add_argument("--out", type=Path, default=Path("build"), help="output folder; the bundle goes to "
+                                                                        "OUT/<arch>-<target>/ (default build/)")
+    parser.add_argument("--start-from", metavar="STEP", help="continue the finished bundle in --out from this step "
+                                                             "(the steps before it are kept as they ran)")
+    parser.add_argument("--stop-after", metavar="STEP", help="run the steps up to this one; the rest are recorded as not run")
+    parser.add_argument("--json", action="store_true", help="print the verdict and the artifact list as JSON on stdout")
+    add_family_arguments(parser)
     return parser.parse_args(argv)
 
 
-def target_family(name: str) -> str:
-    """``onnx``, ``dpu`` or ``finn``; an unknown target is a one-line error with suggestions."""
-    families = {"onnx": ["onnx"], "dpu": dpu_targets(), "finn": finn_targets()}
-    for family, names in families.items():
-        if name in names:
-            return family
-    every = [n for names in families.values() for n in names]
-    close = difflib.get_close_matches(name, every, n=2)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise UserError(f"unknown target {name!r}: {hint}available: {', '.join(every)}")
+def validate_model_flags(args: argparse.Namespace) -> None:
+    """Numbers a model cannot have are one-line errors before anything is loaded."""
+    for flag, value in (("--frames", args.frames), ("--classes", args.classes)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: give a positive number")
+    if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):
+        raise UserError(f"--image-size {args.image_size}: give a multiple of 32, at least 32 (e.g. 64 or 224)")
+    grid = parse_grid(args.grid)
+    if grid is not None and args.frames is not None and grid[0] * grid[1] != args.frames:
+        raise UserError(f"--grid {args.grid} holds {grid[0] * grid[1]} frames, not --frames {args.frames}: "
+                        f"give one of them, or both in agreement")
 
 
-def load_weights(args: argparse.Namespace, family: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model to export and a record of where its weights came from."""
-    arch = args.arch or DEFAULT_ARCH[family]
+def conflicts(args: argparse.Namespace, model: VidConv, source: str) -> None:
+    """A model flag given together with a checkpoint whose own config says otherwise is an error naming both."""
+    cfg = model.cfg
+    given = {
+        "--arch": (args.arch, cfg.arch, args.arch is not None and split_arch(args.arch)[0] == split_arch(cfg.arch)[0]),
+        "--frames": (args.frames, cfg.frames, args.frames == cfg.frames),
+        "--grid": (args.grid, "x".join(map(str, cfg.grid)), parse_grid(args.grid) == tuple(cfg.grid)),
+        "--image-size": (args.image_size, cfg.image_size[0], tuple(cfg.image_size) == (args.image_size,) * 2),
+        "--classes": (args.classes, cfg.num_classes, args.classes == cfg.num_classes),
+        "--no-neck": (args.no_neck or None, not cfg.neck, cfg.neck is False),
+    }
+    for flag, (value, own, agrees) in given.items():
+        if value is not None and not agrees:
+            raise UserError(f"{flag} {value if flag != '--no-neck' else ''}".rstrip() +
+                            f" conflicts with {source}, whose model has {flag.lstrip('-')} {own}: drop {flag}, or give "
+                            f"--arch without --checkpoint for a randomly initialised model")
+
+
+def choose_weights(args: argparse.Namespace, target: Target) -> tuple[Path | None, Path | None]:
+    """The checkpoint to load (given, or the target's shipped default when no --arch is given) and the shipped FINN one."""
+    shipped_finn = shipped_weights(f"vic-nano-finn-{args.bits.lower()}") if target.family == "finn" else None
+    if args.checkpoint is not None:
+        if not args.checkpoint.is_file():
+            raise UserError(f"checkpoint {args.checkpoint} does not exist: give the path of a weights file")
+        return args.checkpoint, shipped_finn
+    if args.arch is None:
+        return shipped_finn or shipped_weights(target.default_model), shipped_finn
+    return None, shipped_finn
+
+
+def load_weights(args: argparse.Namespace, target: Target) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model to export and a record of where its weights came from; every flag is honoured or refused."""
+    arch = args.arch or target.default_model
     # A random FINN source gets layer scale 1: with ConvNeXt's 1e-6 every block is an identity and the
     # calibrated scales put values exactly on rounding ties, where FINN and Brevitas round differently.
-    random_init = {"layer_scale_init": 1.0} if family == "finn" else {}
+    random_init = {"layer_scale_init": 1.0} if target.family == "finn" else {}
 
     def build(**init: float) -> VidConv:
-        return build_model(arch, num_classes=args.classes, frames=args.frames, image_size=args.image_size,
+        return build_model(arch, num_classes=args.classes or MODEL_DEFAULTS["classes"],
+                           frames=args.frames or MODEL_DEFAULTS["frames"], image_size=args.image_size,
                            neck=not args.no_neck, grid=parse_grid(args.grid), **init)
 
-    checkpoint = args.checkpoint
-    # finn-*: the shipped QAT-trained FINN model at these bits if there is one, else the float DPU variant.
-    shipped_finn = shipped_weights(f"vic-nano-finn-{args.bits.lower()}") if family == "finn" else None
-    if checkpoint is None and args.arch is None:
-        checkpoint = shipped_finn or shipped_weights(arch)
+    checkpoint, shipped_finn = choose_weights(args, target)
     if checkpoint is not None and finn_metadata(checkpoint) is not None:
-        if family != "finn":
+        if target.family != "finn":
             raise UserError(f"{checkpoint} is a FINN checkpoint (vidconv-finetune --qat): export it with --target finn-<board>")
-        return load_finn_weights(checkpoint, shipped=checkpoint == shipped_finn)
+        model, weights = load_finn_weights(checkpoint, shipped=checkpoint == shipped_finn)
+        conflicts(args, model, str(checkpoint))
+        return model, weights
     if checkpoint is not None:
         model, report = load_model(checkpoint, build)
         weights = {"source": str(checkpoint), "layout": report.layout, "report": report.summary()}
-        if checkpoint == shipped_weights(arch):
-            weights["source"] = f"shipped demo weights models/{checkpoint.name} (model card models/{arch}.yaml)"
+        if report.layout == "vidconv":  # the file carries its config: a flag can only agree with it
+            conflicts(args, model, str(checkpoint))
+        if checkpoint == shipped_weights(model.cfg.arch):
+            weights["source"] = f"shipped demo weights models/{checkpoint.name} (model card models/{model.cfg.arch}.yaml)"
     else:
         torch.manual_seed(DEFAULT_SEED)
         model = build(**random_init)
         weights = {"source": f"random initialisation (seed {DEFAULT_SEED}{', layer scale 1' if random_init else ''}): "
                              f"no --checkpoint given"}
-    if family == "dpu" and not split_arch(model.cfg.arch)[1]:
+    if target.family == "dpu" and not split_arch(model.cfg.arch)[1]:
         model, note = to_dpu_variant(model)
         weights["conversion"] = note
     return model, weights
@@ -149,128 +187,103 @@ def to_dpu_variant(model: VidConv) -> tuple[VidConv, str]:
 def class_names(args: argparse.Namespace, model: VidConv) -> list[str]:
     """Class names from the shipped model card, else the calibration/eval dataset's classes.txt, else class_<i>."""
     names = model_card(model.cfg.arch).get("data", {}).get("classes", [])
-    for folder in (args.eval, args.calib):
+    for folder in (getattr(args, "eval", None), getattr(args, "calib", None)):
         if not names and folder is not None and (folder / "classes.txt").is_file():
-            names = (folder / "classes.txt").read_text(encoding="utf-8").split()
+            names = (folder / "classes.txt").read_text(encoding="utf-8", errors="replace").split()
     n = model.cfg.num_classes
     return list(names) if len(names) == n else [f"class_{i}" for i in range(n)]
 
 
-def print_artifacts(bundle: Bundle, title: str) -> None:
+def step_inputs(args: argparse.Namespace, target: Target, model: torch.nn.Module, weights: dict[str, Any]) -> dict[str, Any]:
+    """What the steps read besides the model, decoded before any bundle exists (bad videos fail here)."""
+    values: dict[str, Any] = {"class_names": class_names(args, model)}
+    if target.family in ("dpu", "finn"):
+        from vidconv_deploy.data.calibration import calibration_clips
+
+        cfg = model.cfg
+        clips, source, skips = calibration_clips(args.calib, cfg.frames, cfg.image_size, args.calib_clips)
+        values["calibration"] = {"clips": clips, "source": source, "skips": skips}
+    if target.family == "finn":
+        values["teacher"] = load_model(weights["teacher"])[0].eval() if "teacher" in weights else None
+    return values
+
+
+def print_targets(console: Console) -> None:
+    table = Table(title="vidconv-export targets")
+    for column in ("target", "family", "board", "runs here", "needs tools absent here"):
+        table.add_column(column)
+    for name in target_names():
+        target = get_target(name)
+        board = target.board.get("name", "") if target.board else ""
+        absent = family(target.family).absent(target)
+        steps = target.step_names
+        table.add_row(name, target.family, str(board), f"{len(steps) - len(absent)} of {len(steps)} steps",
+                      "; ".join(f"{step} ({', '.join(tools)})" for step, tools in absent.items()) or "-")
+    console.print(table)
+
+
+def artifacts_table(outcome: Outcome, title: str) -> Table:
     table = Table(title=title)
     for column in ("artifact", "file", "bytes"):
         table.add_column(column, justify="right" if column == "bytes" else "left")
-    for role, art in bundle.artifacts.items():
+    for role, art in outcome.context.bundle.artifacts.items():
         if "dir" in art:
             table.add_row(role, art["dir"] + "/", f"{sum(f['bytes'] for f in art['files'].values()):,} in {len(art['files'])} files")
         else:
             table.add_row(role, art["file"], f"{art['bytes']:,}")
     table.add_row("manifest", MANIFEST, "")
-    Console().print(table)
+    return table
 
 
-def record_report(bundle: Bundle) -> None:
-    """Put the report both targets write (Markdown, HTML, the plots beside them) into the manifest."""
-    bundle.record_file("report", "report.md")
-    bundle.record_file("report_html", "report.html")
-    bundle.record_dir("report_files", "report_files")
+def summary_lines(outcome: Outcome) -> list[str]:
+    """What a person reads after an export: the figures behind each verdict."""
+    ctx = outcome.context
+    lines = []
+    verification = ctx.fields.get("verification", {})
+    figures = ", ".join(f"{k} {v:.1e}" for k, v in verification.items() if k.endswith("_vs_torch") and v is not None)
+    if figures:
+        lines.append(f"relative error vs PyTorch: {figures} (tolerance {verification['tolerance']:.0e})")
+    if ctx.target.family == "finn" and ctx.has("finn_report"):
+        from vidconv_deploy.finn.report import print_report
 
-
-def export_dpu(args: argparse.Namespace, model: VidConv, weights: dict[str, Any], out: Path) -> bool:
-    """The DPU pipeline + report; returns whether the graphs comply with the target."""
-    from vidconv_deploy.data.calibration import calibration_clips
-    from vidconv_deploy.export.dpu_pipeline import export_dpu_bundle
-    from vidconv_deploy.export.dpu_report import dpu_report
-
-    cfg = model.cfg
-    clips, source, skips = calibration_clips(args.calib, cfg.frames, cfg.image_size, args.calib_clips)
-    bundle = Bundle(out, args.target)  # only now: bad calibration input leaves no bundle behind
-    result = export_dpu_bundle(model, bundle, args.target, clips, class_names(args, model), source)
-    facts = {"arch": cfg.arch, "config": cfg.to_dict(), "weights": weights}
-    accuracy = None
-    if args.eval is not None:
-        accuracy = evaluate_into(bundle, args.eval, model=facts, verification=result.verification, compliant=result.compliant)
-    dpu_report(bundle, result, {"arch": cfg.arch, "weights": weights["source"]}, accuracy)
-    record_report(bundle)
-    bundle.finish(model=facts, verification=result.verification, compliant=result.compliant,
-                  calibration={"source": source, "skipped": skips.to_dict()}, reference=result.reference,
-                  compile=result.compile, throughput=result.throughput, accuracy=accuracy)
-    ref = " ".join(f"{g} {'bit-exact' if r['bit_exact_vs_onnxruntime'] else 'NOT bit-exact'}"
-                   for g, r in result.reference.items())
-    Console().print(f"{args.target} rules: {'compliant, every op on the DPU' if result.compliant else 'NOT compliant, see report.md'}; "
-                    f"integer reference vs ONNX Runtime: {ref}; xmodel: "
-                    f"{'built' if result.compile['ran'] else 'not built here (see compile/docker_run.sh)'}")
-    print_artifacts(bundle, f"{cfg.arch} -> {args.target}: {out}")
-    return result.compliant
-
-
-def export_finn(args: argparse.Namespace, model: torch.nn.Module, weights: dict[str, Any], out: Path) -> bool:
-    """The FINN flow; returns whether every node mapped to a HW layer and the chain is bit-exact."""
-    from vidconv_deploy.data.calibration import calibration_clips
-    from vidconv_deploy.finn.document import finn_document
-    from vidconv_deploy.finn.pipeline import export_finn_bundle
-
-    cfg = model.cfg
-    clips, source, skips = calibration_clips(args.calib, cfg.frames, cfg.image_size, args.calib_clips)
-    bundle = Bundle(out, args.target)  # only now: bad calibration input leaves no bundle behind
-    teacher = load_model(weights["teacher"])[0].eval() if "teacher" in weights else None
-    result = export_finn_bundle(bundle, model, args.target, args.bits, args.fps,
-                                [torch.from_numpy(c) for c in clips], DEFAULT_SEED, teacher)
-    facts = {"arch": cfg.arch, "config": cfg.to_dict(), "weights": weights}
-    ok = result["mapped"] and result["bit_exact"]
-    accuracy = None
-    if args.eval is not None and ok:
-        accuracy = evaluate_into(bundle, args.eval, model=facts, **result["manifest"])
-    finn_document(bundle, result["report"], {"arch": cfg.arch, "weights": weights["source"]}, accuracy)
-    record_report(bundle)
-    bundle.finish(model=facts, calibration={"source": source, "skipped": skips.to_dict()}, accuracy=accuracy,
-                  **result["manifest"])
-    report = result["report"]
-    Console().print(f"{args.target} {args.bits}: {'every node mapped to a HW layer' if result['mapped'] else 'UNMAPPED nodes, see finn_report.json'}; "
-                    f"Brevitas = FINN streamlined = FINN HW: {'bit-exact' if result['bit_exact'] else 'NOT bit-exact'}; "
-                    f"{'fits' if result['fits'] else 'does NOT fit'} the {report['board']['name']} budget; "
-                    f"bitfile: {'built' if result['build']['built'] else 'not built here (see finn_build/docker_run.sh)'}")
-    if accuracy:
-        Console().print("accuracy (test top-1): " + ", ".join(f"{row['model']} {row['top1']:.1f}%" for row in accuracy))
-    print_artifacts(bundle, f"{cfg.arch} -> {args.target}: {out}")
-    return ok
-
-
-def evaluate_into(bundle: Bundle, data: Path, **manifest: Any) -> list[dict]:
-    """Score the bundle's classifiers on ``data``'s test split: vidconv-eval reads the bundle through its
-    manifest, so a provisional one with ``manifest``'s fields is written first (the caller's finish replaces it)."""
-    from vidconv_deploy.cli.evaluate import evaluate_bundle
-
-    bundle.finish(**manifest)
-    return evaluate_bundle(bundle.directory, data)["orders"]["normal"]
+        print_report(ctx.value("finn_report"), Console(stderr=True))
+    if "compile" in ctx.fields:
+        lines.append("xmodel: " + ("built" if ctx.fields["compile"]["ran"] else "not built here (see compile/docker_run.sh)"))
+    if "finn" in ctx.fields:
+        built = not str(ctx.fields["finn"]["bitfile"]).startswith("not built")
+        lines.append("bitfile: " + ("built" if built else "not built here (see finn_build/docker_run.sh)"))
+    if ctx.fields.get("accuracy"):
+        lines.append("accuracy (test top-1): " + ", ".join(f"{row['model']} {row['top1']:.1f}%" for row in ctx.fields["accuracy"]))
+    lines.append(f"verdict: {'holds' if outcome.verdict.holds else 'FAILED'}: {outcome.verdict.summary()}")
+    return lines
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
-    family = target_family(args.target)
-    if family == "finn":  # a missing finn-plus or a typo in --bits fails before any work
-        from vidconv_deploy.finn.finn_env import require_finn
-        from vidconv_deploy.finn.model import Bits
-
-        require_finn()
-        Bits.parse(args.bits)
+    if args.list_targets:
+        print_targets(Console())
+        return 0
+    target = get_target(args.target)
+    reject_foreign_flags(target, args)
+    validate_model_flags(args)
+    family(target.family).validate(target, args)
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file: give a folder (the bundle goes to --out/<arch>-<target>/)")
     console = Console(stderr=True)
-    model, weights = load_weights(args, family)
+    model, weights = load_weights(args, target)
     console.print(f"weights: {weights.get('report', weights['source'])}")
-    out = bundle_dir(args.out, model.cfg.arch, args.target)
-    if family == "dpu":
-        return 0 if export_dpu(args, model, weights, out) else 1
-    if family == "finn":
-        return 0 if export_finn(args, model, weights, out) else 1
-    bundle = Bundle(out, args.target)
-    verification, compliant = export_onnx_bundle(model, bundle, rule_set="onnx")
-    bundle.finish(model={"arch": model.cfg.arch, "config": model.cfg.to_dict(), "weights": weights},
-                  verification=verification, compliant=compliant)
-    print_artifacts(bundle, f"{model.cfg.arch} -> {args.target}: {out}")
-    figures = ", ".join(f"{k} {v:.1e}" for k, v in verification.items() if k.endswith("_vs_torch"))
-    Console().print(f"relative error vs PyTorch: {figures} (tolerance {verification['tolerance']:.0e}); "
-                    f"onnx rules: {'compliant' if compliant else 'NOT compliant, see compliance.json'}")
-    return 0
+    values = step_inputs(args, target, model, weights)
+    outcome = export_bundle(target, model, weights, args, args.out, values, seed=DEFAULT_SEED)
+    if args.json:
+        manifest = json.loads((outcome.directory / MANIFEST).read_text(encoding="utf-8"))
+        print(json.dumps({"bundle": str(outcome.directory), "verdict": manifest["verdict"],
+                          "artifacts": manifest["artifacts"], "steps": manifest["steps"]}, indent=2))
+    else:
+        out = Console()
+        out.print(artifacts_table(outcome, f"{model.cfg.arch} -> {target.name}: {outcome.directory}"))
+        for line in summary_lines(outcome):
+            out.print(line, highlight=False)
+    return outcome.verdict.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

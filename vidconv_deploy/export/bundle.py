@@ -1,7 +1,9 @@
 """The export bundle: a folder of artifacts named by role, and ``manifest.json`` saying what ran.
 
 Every file is written atomically (temporary name, then rename) and the manifest is written last,
-so a folder with a manifest is complete and one without is not. The manifest records, per
+so a folder with a manifest is complete and one without is not. A command builds its bundle in a
+sibling folder (:func:`staged_bundle`) and swaps it in only when complete, so a finished bundle is
+never half-overwritten; every path a bundle records is relative to it, so it can be moved. The manifest records, per
 artifact, its file, size and SHA-256; per step, whether it ran and how long it took; the tool
 versions; and the graphs' inputs and outputs.
 """
@@ -11,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
+import os
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from importlib import metadata
@@ -22,7 +26,9 @@ from typing import Any
 import onnx
 
 from vidconv_deploy import __version__
-from vidconv_deploy.atomic import write_bytes
+from vidconv_deploy import strict_json
+from vidconv_deploy.atomic import current_umask, is_temporary, write_bytes
+from vidconv_deploy.errors import UserError
 
 MANIFEST = "manifest.json"
 #: Packages whose versions every manifest records.
@@ -78,7 +84,8 @@ class Bundle:
         return self.write(role, filename, model.SerializeToString())
 
     def write_json(self, role: str, filename: str, obj: Any) -> Path:
-        return self.write(role, filename, json.dumps(obj, indent=2) + "\n")
+        """Write ``obj`` as strict JSON (non-finite figures become null)."""
+        return self.write(role, filename, strict_json.dumps(obj) + "\n")
 
     def record_file(self, role: str, filename: str) -> Path:
         """Record a file another module wrote atomically into the bundle (e.g. the report)."""
@@ -95,10 +102,16 @@ class Bundle:
         root = self.directory / dirname
         files = {
             str(path.relative_to(root)): {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-            for path in sorted(root.rglob("*")) if path.is_file()
+            for path in sorted(root.rglob("*")) if path.is_file() and not is_temporary(path)
         }
         self.artifacts[role] = {"dir": dirname, "files": files}
         return root
+
+    def record_report(self) -> None:
+        """Record the report every target writes: Markdown, HTML and the plots beside them."""
+        self.record_file("report", "report.md")
+        self.record_file("report_html", "report.html")
+        self.record_dir("report_files", "report_files")
 
     def finish(self, **fields: Any) -> Path:
         """Write ``manifest.json`` (last, atomically) and return its path."""
@@ -113,5 +126,64 @@ class Bundle:
             "tools": tool_versions(),
         }
         path = self.directory / MANIFEST
-        write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+        write_bytes(path, (strict_json.dumps(manifest) + "\n").encode("utf-8"))
         return path
+
+
+#: Marks a bundle folder under construction (``.<name>.<pid>.partial``) beside its final place.
+PARTIAL_SUFFIX = ".partial"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_partials(final: Path) -> None:
+    """Remove staging folders of ``final`` left by runs that were killed (their process is gone)."""
+    for stale in final.parent.glob(f".{final.name}.*{PARTIAL_SUFFIX}"):
+        pid = stale.name[len(final.name) + 2: -len(PARTIAL_SUFFIX)].split(".")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def swap_into_place(staging: Path, final: Path) -> None:
+    """Put the finished ``staging`` folder at ``final``; an older bundle there is replaced only now.
+
+    Two renames: the old bundle moves aside, the new one moves in, the old one is deleted. A kill
+    between the two renames leaves the old bundle complete under its aside name, never a mix.
+    """
+    staging.chmod(0o777 & ~current_umask())
+    if final.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.old.", dir=final.parent))
+        aside.rmdir()
+        os.rename(final, aside)
+        os.rename(staging, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(staging, final)
+
+
+@contextlib.contextmanager
+def staged_bundle(final: Path, target: str) -> Iterator[Bundle]:
+    """A :class:`Bundle` built in a sibling folder and swapped in at ``final`` only when the block succeeds.
+
+    Until then an existing bundle at ``final`` stays intact, byte for byte; if the block fails the
+    staging folder is removed, so a failed or interrupted run never leaves a bundle that lies.
+    """
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{final} exists and is not a folder: give --out a folder (the bundle goes to "
+                        f"--out/<arch>-<target>/)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(final)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=final.parent))
+    try:
+        yield Bundle(staging, target)
+        swap_into_place(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,8 @@ rounding, and each is tested alone against the model before it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -206,6 +207,23 @@ class SplitTemporalChannels(Pass):
 
 #: The exact standard-operator rewrite every target starts from.
 STANDARD_PASSES: tuple[Pass, ...] = (FoldLayerScale(), FoldTemporalScale(), FoldNeckBatchNorm(), TileAsConcat())
+
+
+#: Every pass a recipe (``export/*.yaml``) can list, by name; each factory takes the target's rule-set data
+#: (the DPU's channel parallelism sets the temporal split: UG1414's dilation x channels <= 256 x channel_parallel).
+PASSES: dict[str, Callable[[Mapping[str, Any]], Pass]] = {
+    FoldLayerScale.name: lambda rules: FoldLayerScale(),
+    FoldTemporalScale.name: lambda rules: FoldTemporalScale(),
+    FoldNeckBatchNorm.name: lambda rules: FoldNeckBatchNorm(),
+    TileAsConcat.name: lambda rules: TileAsConcat(),
+    FoldBatchNorms.name: lambda rules: FoldBatchNorms(),
+    SplitTemporalChannels.name: lambda rules: SplitTemporalChannels(256 * int(rules["channel_parallel"])),
+}
+
+
+def passes_by_name(names: Sequence[str], rules: Mapping[str, Any]) -> tuple[Pass, ...]:
+    """The passes a recipe lists, in its order, configured from the target's rules."""
+    return tuple(PASSES[name](rules) for name in names)
 
 
 def dpu_passes(channel_parallel: int) -> tuple[Pass, ...]:

@@ -1,44 +1,28 @@
-"""``vidconv-export --target finn-<board>``: Brevitas model -> QONNX -> finn-plus -> estimates -> bundle.
-
-Writes into a :class:`Bundle`, per graph (``early``: one frame; ``later``: one collage):
-``qonnx_<graph>`` (Brevitas export), ``finn_streamlined_<graph>`` (integer FINN-ONNX after
-streamlining, the host's input quantizer and output scale peeled off), ``finn_dataflow_<graph>`` (HW
-layers specialized for the board's part and folded), ``folding_config_<graph>`` (FINN ApplyConfig
-JSON); and once: ``finn_report`` (see :mod:`.report`), ``finn_build/`` (the ``finn build`` configs
-and scripts for a machine with Vivado) and ``finn_log``. Without Vivado no bitfile is built and the
-manifest says so.
+"""The pieces of the FINN export the steps (:mod:`vidconv_deploy.targets.finn_steps`) put together: the
+calibrated FINN model, its QONNX export per graph, and the ``finn build`` configs and scripts for a
+machine with Vivado (without it no bitfile is built and the manifest says so).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from vidconv_deploy.atomic import write_text
-from vidconv_deploy.checkpoints import save_checkpoint
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.bundle import Bundle
-from vidconv_deploy.finn import finn_env
-from vidconv_deploy.finn.boards import Board, get_board
-from vidconv_deploy.finn.checkpoint import save_finn_checkpoint
-from vidconv_deploy.finn.layer_error import quantizer_sqnr
-from vidconv_deploy.finn.model import Bits, FinnViC, GraphPart, calibrate, from_float
-from vidconv_deploy.finn.report import GRAPHS, finn_report, print_report
+from vidconv_deploy.finn.boards import Board
+from vidconv_deploy.finn.model import FinnViC, GraphPart, calibrate, from_float
+from vidconv_deploy.finn.report import GRAPHS
 from vidconv_deploy.models.vidconv import VidConv
 
-#: Clips the bit-exact chain runs (each: early graph per frame, later graph once, in four forms).
-CHAIN_CLIPS = 2
 #: Random calibration clips when none are given (the manifest says so).
 RANDOM_CALIB_CLIPS = 2
 BUILD_DIR = "finn_build"
@@ -99,7 +83,7 @@ def export_qonnx(model: FinnViC, part: str, workdir: Path) -> Any:
     return ModelWrapper(str(path))
 
 
-def _tensor_io(model: Any) -> dict[str, Any]:
+def tensor_io(model: Any) -> dict[str, Any]:
     def one(name: str) -> dict[str, Any]:
         return {"name": name, "shape": list(model.get_tensor_shape(name)), "datatype": model.get_tensor_datatype(name).name}
 
@@ -166,146 +150,20 @@ def write_build(bundle: Bundle, board: Board, clk_ns: float) -> Path:
     return root / "build.sh"
 
 
-def run_build(bundle: Bundle, script: Path, board: Board) -> dict[str, Any]:
-    """Run ``finn build`` where Vivado is; otherwise record that no bitfile was built and how to build it."""
+def run_build(script: Path, board: Board, record: dict[str, Any]) -> dict[str, Any]:
+    """Run ``finn build`` where Vivado is; otherwise mark ``record`` not run with why and how to build it."""
     what = "bitfile + PYNQ driver" if board.zynq_shell else "stitched IP + out-of-context synthesis"
     if not vivado_available():
         reason = (f"no Vivado here (XILINX_VIVADO unset or vivado/finn not on PATH): no {what} was built; "
                   f"run {BUILD_DIR}/docker_run.sh (image from docker/finn) to build it")
-        bundle.not_run("finn build", reason, script=f"{BUILD_DIR}/build.sh", docker_command=f"{BUILD_DIR}/docker_run.sh")
+        record.update(status="not run", reason=reason, script=f"{BUILD_DIR}/build.sh",
+                      docker_command=f"{BUILD_DIR}/docker_run.sh")
         return {"built": False, "reason": reason}
     outputs = [f"{BUILD_DIR}/output_{g}" for g in GRAPHS]
-    with bundle.step("finn build") as record:
-        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-        write_text(script.parent / "build.log", proc.stdout + proc.stderr)
-        record |= {"returncode": proc.returncode, "log": f"{BUILD_DIR}/build.log", "outputs": outputs}
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    write_text(script.parent / "build.log", proc.stdout + proc.stderr)
+    record.update(returncode=proc.returncode, log=f"{BUILD_DIR}/build.log", outputs=outputs)
     if proc.returncode:
-        raise RuntimeError(f"finn build failed (exit {proc.returncode}): see {BUILD_DIR}/build.log")
+        record["status"] = "failed"
+        return {"built": False, "reason": f"finn build failed (exit {proc.returncode}): see {BUILD_DIR}/build.log"}
     return {"built": True, "outputs": outputs}
-
-
-@dataclasses.dataclass
-class GraphRun:
-    """One graph through the flow."""
-
-    forms: Any = None
-    host: Any = None
-    unmapped: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    estimate: dict[str, Any] | None = None
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-
-def export_finn_bundle(bundle: Bundle, model: nn.Module, board: str, bits: str = "w4a4",
-                       fps: float | None = None, calib_clips: list[torch.Tensor] | None = None,
-                       seed: int = 0, teacher: VidConv | None = None) -> dict[str, Any]:
-    """Run the FINN flow for ``board`` into ``bundle``; return the report and the verdicts.
-
-    ``model``: a float VidConv (converted and calibrated), a :class:`FinnViC` (e.g. after QAT, used
-    as is). ``fps``: target clips per second for folding (None:
-    every layer fully folded, the smallest design). ``teacher``: the float model a given FinnViC was
-    trained from, kept in the bundle as its float reference. The caller exits non-zero unless ``mapped`` and
-    ``bit_exact``; ``fits`` is the resource verdict. Pass ``manifest`` to ``bundle.finish``.
-    """
-    finn_env.require_finn()
-    from vidconv_deploy.finn import flow
-    from vidconv_deploy.finn.chain import GraphForms, verify_chain
-
-    target = get_board(board)
-    bits = str(Bits.parse(bits))
-    if fps is not None and fps <= 0:
-        raise UserError(f"--fps {fps} must be positive (clips per second)")
-    runs = {graph: GraphRun() for graph in GRAPHS}
-    console = Console(stderr=True)
-    with tempfile.TemporaryDirectory(prefix="vidconv-finn-") as tmp, finn_env.finn_session() as log, \
-            Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                     transient=True) as progress:
-        workdir = Path(tmp)
-        task = progress.add_task("FINN model", total=None)
-
-        def stage(text: str) -> None:
-            progress.update(task, description=text)
-
-        with bundle.step("FINN model") as record:
-            finn_model, float_model, clips, facts = prepare_model(model, bits, calib_clips, seed)
-            float_model = float_model or teacher
-            record |= {"bits": bits, **facts}
-            # Both models in the bundle: vidconv-eval scores them (the FINN one is bit-exact with the accelerator).
-            save_finn_checkpoint(finn_model, bundle.directory / "finn_model.safetensors")
-            bundle.record_file("finn_checkpoint", "finn_model.safetensors")
-            if float_model is not None:
-                save_checkpoint(float_model, bundle.directory / "float_model.safetensors")
-                bundle.record_file("float_checkpoint", "float_model.safetensors")
-        cfg = finn_model.cfg
-        for graph, run in runs.items():
-            stage(f"{graph}: QONNX export")
-            with bundle.step(f"export QONNX {graph}"):
-                qonnx = export_qonnx(finn_model, graph, workdir)
-                bundle.write_onnx(f"qonnx_{graph}", f"qonnx_{graph}.onnx", qonnx.model)
-            stage(f"{graph}: ConvertQONNXtoFINN + streamline")
-            with bundle.step(f"streamline {graph}"):
-                streamlined, run.host = flow.streamline(flow.to_finn(qonnx))
-                bundle.write_onnx(f"finn_streamlined_{graph}", f"finn_streamlined_{graph}.onnx", streamlined.model)
-            stage(f"{graph}: convert to HW layers")
-            with bundle.step(f"convert to HW layers {graph}") as record:
-                hw = flow.convert_to_hw(streamlined)
-                run.unmapped = flow.unmapped_nodes(hw)
-                record["unmapped_nodes"] = len(run.unmapped)
-            run.forms = GraphForms(qonnx, streamlined, hw)
-            bundle.io[f"finn_streamlined_{graph}"] = {**_tensor_io(streamlined), "host": run.host.to_dict()}
-        mapped = not any(run.unmapped for run in runs.values())
-        chain: dict[str, Any] = {"bit_exact": False, "reason": "not run: unmapped nodes"}
-        if mapped:
-            stage("bit-exact chain (Brevitas, QONNX, FINN)")
-            with bundle.step("verify bit-exact chain") as record:
-                chain = verify_chain(finn_model, runs["early"].forms, runs["later"].forms, clips[:CHAIN_CLIPS])
-                record |= {"bit_exact": chain["bit_exact"], "clips": chain["clips"]}
-            for graph, run in runs.items():
-                stage(f"{graph}: dataflow partition, specialize, fold")
-                frames = cfg.frames if graph == "early" else 1
-                with bundle.step(f"dataflow {graph}") as record:
-                    cycles = flow.target_cycles(None if fps is None else fps * frames)
-                    dataflow = flow.specialize_and_fold(run.forms.finn_hw, target.part, cycles, workdir / f"df_{graph}",
-                                                        flow.URAM_MIN_BRAM if target.budget["URAM"] else None)
-                    run.notes = dataflow.notes
-                    record |= {"part": target.part, "target_cycles": cycles}
-                    bundle.write_onnx(f"finn_dataflow_{graph}", f"finn_dataflow_{graph}.onnx", dataflow.model.model)
-                    bundle.write_json(f"folding_config_{graph}", f"folding_config_{graph}.json", dataflow.folding)
-                    bundle.io[f"finn_dataflow_{graph}"] = _tensor_io(dataflow.model)
-                with bundle.step(f"estimate {graph}"):
-                    run.estimate = flow.estimate(dataflow.model, target.part)
-        else:
-            unmapped = "unmapped nodes: " + ", ".join(
-                f"{g}/{n['node']} ({n['op_type']})" for g, r in runs.items() for n in r.unmapped)
-            for step in ("verify bit-exact chain", "dataflow", "estimate", "finn build"):
-                bundle.not_run(step, unmapped)
-        stage("per-layer error")
-        with bundle.step("per-layer error"):
-            layer_sqnr = quantizer_sqnr(finn_model, clips[:CHAIN_CLIPS])
-        stage("report")
-        estimates = {g: r.estimate for g, r in runs.items()} if mapped else None
-        report = finn_report(target, bits, cfg.frames, flow.CLK_NS, {g: r.unmapped for g, r in runs.items()}, estimates, {
-            "host": {g: r.host.to_dict() for g, r in runs.items()},
-            "chain": chain,
-            "layer_sqnr": {"clips": len(clips[:CHAIN_CLIPS]), "quantizers": layer_sqnr},
-            "folding": {"target_fps": fps, "policy": "SetFolding to the target" if fps else
-                        "no --fps: every layer fully folded (PE = SIMD = 1), the smallest design",
-                        "notes": {g: r.notes for g, r in runs.items()}},
-            "model": {"arch": cfg.arch, **facts},
-            "workarounds": list(finn_env.WORKAROUNDS),
-            "tools": finn_env.versions(),
-        })
-        bundle.write_json("finn_report", "finn_report.json", report)
-        bundle.write("finn_log", "finn_log.txt", log.getvalue())
-        if mapped:
-            script = write_build(bundle, target, flow.CLK_NS)
-    build = run_build(bundle, script, target) if mapped else {"built": False, "reason": "unmapped nodes"}
-    print_report(report, console)
-    return {
-        "report": report,
-        "mapped": mapped,
-        "bit_exact": bool(chain["bit_exact"]),
-        "fits": report["fits"],
-        "build": build,
-        "manifest": {"finn": {"board": target.name, "bits": bits, "bitfile": build.get("outputs") or
-                              f"not built: {build['reason']}"}},
-    }

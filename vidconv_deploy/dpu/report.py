@@ -3,12 +3,28 @@ integer reference's verdicts, per-layer error with plots, the compile step and t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from vidconv_deploy.export.bundle import Bundle
-from vidconv_deploy.export.dpu_pipeline import GRAPHS, DpuExport
+from vidconv_deploy.reference.compare import LayerStats
 from vidconv_deploy.report import Report
+
+GRAPHS = ("early", "later")
+
+
+@dataclasses.dataclass
+class DpuExport:
+    """What the DPU export measured, as the report reads it."""
+
+    verification: dict[str, Any]
+    compliant: bool
+    partition: dict[str, Any]
+    reference: dict[str, Any]
+    layers: dict[str, list[LayerStats]]
+    compile: dict[str, Any]
+    throughput: dict[str, Any]
 
 
 def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], accuracy: list[dict] | None = None

@@ -1,0 +1,186 @@
+"""The DPU steps after the shared ones: INT8 of both streaming graphs, the integer reference, golden vectors,
+the Vitis AI compile step, the board dir, accuracy and the report.
+
+The DPU runs the streaming split as two xmodels: the early net once per new frame and the later
+net on the collage the host assembles from the last L early outputs (a pure int8 rearrangement, so
+the host adds no arithmetic). Both graphs are quantized with vai_q_pytorch's arithmetic; the later
+graph's input is pinned to the early graph's output fix position so the int8 features pass through
+unchanged. The integer reference must equal ONNX Runtime's fake-quant run bit for bit (ORT
+rounding; the verdict ``bit_exact``) and reports where the DPU's rounding gives other codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from vidconv_deploy.atomic import write_bytes
+from vidconv_deploy.dpu import prepare_compile, run_compile, write_board_dir, write_clip_golden
+from vidconv_deploy.dpu.board_dir import io_fix_points
+from vidconv_deploy.dpu.compile import COMPILE_DIR, STEP as COMPILE_STEP
+from vidconv_deploy.dpu.report import DpuExport, dpu_report
+from vidconv_deploy.dpu.throughput import peak_throughput
+from vidconv_deploy.evaluate.classifiers import collage
+from vidconv_deploy.export.onnx_export import ort_session
+from vidconv_deploy.quant import quantize_onnx, write_quant_info
+from vidconv_deploy.quant.qdq import QuantResult
+from vidconv_deploy.reference import compare_with_onnxruntime, layer_report, rounding_differences, save_sqnr_plot
+from vidconv_deploy.targets.context import ExportContext, StepRun
+from vidconv_deploy.targets.steps import GRAPHS, step
+
+
+def streaming_feeds(early: onnx.ModelProto, later: onnx.ModelProto, clips: Sequence[np.ndarray], grid: tuple[int, int]
+                    ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """Float feeds of both graphs: every frame for the early graph, each clip's host collage for the later one."""
+    session = ort_session(early)
+    later_in = later.graph.input[0].name
+    early_in = session.get_inputs()[0].name
+    frames, collages = [], []
+    for clip in clips:
+        features = []
+        for frame in clip:
+            feed = {early_in: np.ascontiguousarray(frame[None], dtype=np.float32)}
+            frames.append(feed)
+            features.append(session.run(None, feed)[0])
+        collages.append({later_in: collage(features, grid)})
+    return frames, collages
+
+
+def _feeds(ctx: ExportContext) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    graphs = ctx.value("graphs")
+    return streaming_feeds(graphs["early"], graphs["later"], ctx.value("calibration")["clips"], ctx.model.cfg.grid)
+
+
+def _check_feeds(ctx: ExportContext) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The feeds the reference checks compare: the first clips of the calibration set."""
+    frames, collages = ctx.value("feeds")
+    clips = int(ctx.target.quantizer.get("check_clips", 2))
+    return {"early": frames[: clips * ctx.model.cfg.frames], "later": collages[:clips]}
+
+
+def _quant_from_bundle(ctx: ExportContext) -> dict[str, QuantResult] | None:
+    quant = {}
+    for graph in GRAPHS:
+        model, info = ctx.directory / "quant" / f"{graph}.onnx", ctx.directory / "quant" / f"{graph}_quant_info.json"
+        if not (model.is_file() and info.is_file()):
+            return None
+        quant[graph] = QuantResult(onnx.load(str(model)), json.loads(info.read_text()))
+    return quant
+
+
+def _layers(ctx: ExportContext) -> dict[str, Any]:
+    graphs, quant, feeds = ctx.value("graphs"), ctx.value("quant"), ctx.value("check_feeds")
+    return {g: layer_report(graphs[g], quant[g].model, feeds[g], rounding="dpu") for g in GRAPHS}
+
+
+def register_loaders(ctx: ExportContext) -> None:
+    """How the DPU steps' values are rebuilt for a --start-from run (recomputed, or read from the bundle)."""
+    ctx.loader("graphs_to_check", "export_streaming", lambda c: c.value("graphs"))
+    ctx.loader("feeds", "quantize", _feeds)
+    ctx.loader("check_feeds", "integer_reference", _check_feeds)
+    ctx.loader("quant", "quantize", _quant_from_bundle)
+    ctx.loader("reference", "integer_reference", lambda c: c.previous_field("reference"))
+    ctx.loader("layers", "integer_reference", _layers)
+    ctx.loader("partition", "check_operators", lambda c: {g: r["partition"] for g, r in json.loads(
+        (c.directory / "compliance.json").read_text()).items()} if (c.directory / "compliance.json").is_file() else None)
+    ctx.loader("compile", "compile_xmodel", lambda c: c.previous_field("compile"))
+
+
+@step("quantize", "quantize")
+def step_quantize(ctx: ExportContext, run: StepRun) -> None:
+    graphs = ctx.value("graphs")
+    frames, collages = ctx.value("feeds")
+    early_q = quantize_onnx(graphs["early"], frames, progress=False)
+    _, early_out_fp = io_fix_points(early_q.model)
+    later_q = quantize_onnx(graphs["later"], collages, progress=False,
+                            fixed_fix_points={graphs["later"].graph.input[0].name: early_out_fp})
+    quant = ctx.set("quant", {"early": early_q, "later": later_q})
+    for name, q in quant.items():
+        write_bytes(ctx.directory / "quant" / f"{name}.onnx", q.model.SerializeToString())
+        write_quant_info(q.info, ctx.directory / "quant" / f"{name}_quant_info.json")
+    ctx.bundle.record_dir("quant_onnx", "quant")
+    ctx.bundle.write_json("quant_info", "quant_info.json", {n: q.info for n, q in quant.items()})
+    calibration = ctx.value("calibration")
+    run.record.update(calibration=calibration["source"], clips=len(calibration["clips"]), frames=len(frames),
+                      collage_fix_point=early_out_fp)
+
+
+@step("integer_reference", "integer reference")
+def step_integer_reference(ctx: ExportContext, run: StepRun) -> None:
+    """The verdict ``bit_exact``: the integer reference equals ONNX Runtime's fake-quant run on every tensor."""
+    graphs, quant, feeds = ctx.value("graphs"), ctx.value("quant"), ctx.value("check_feeds")
+    reference: dict[str, Any] = {}
+    layers = {}
+    for name in GRAPHS:
+        exact = compare_with_onnxruntime(quant[name].model, feeds[name])
+        dpu = rounding_differences(quant[name].model, feeds[name])
+        layers[name] = layer_report(graphs[name], quant[name].model, feeds[name], rounding="dpu")
+        reference[name] = {
+            "bit_exact_vs_onnxruntime": exact.bit_exact,
+            "tensors_compared": len(exact.rows),
+            "not_exact_in_float32": [r.tensor for r in exact.not_exact_in_float32],
+            "dpu_rounding_differs": [dataclasses.asdict(r) for r in dpu.rows],
+        }
+    ctx.set("layers", layers)
+    ctx.fields["reference"] = ctx.set("reference", reference)
+    run.record.update({n: {"bit_exact": r["bit_exact_vs_onnxruntime"]} for n, r in reference.items()})
+    inexact = [g for g, r in reference.items() if not r["bit_exact_vs_onnxruntime"]]
+    ctx.verdict.record("bit_exact", not inexact, f"integer reference differs from ONNX Runtime on the {', '.join(inexact)} "
+                       f"graph(s) (report.md)" if inexact else "integer reference = ONNX Runtime on both graphs")
+    ctx.directory.joinpath("report_files").mkdir(exist_ok=True)
+    for name in GRAPHS:
+        save_sqnr_plot(layers[name], ctx.directory / "report_files" / f"sqnr_{name}.png",
+                       title=f"{ctx.model.cfg.arch} {name} graph: INT8 (DPU rounding) vs float, SQNR per tensor")
+
+
+@step("golden_vectors", "golden vectors")
+def step_golden_vectors(ctx: ExportContext, run: StepRun) -> None:
+    quant, calibration = ctx.value("quant"), ctx.value("calibration")
+    write_clip_golden(ctx.directory / "golden", quant["early"].model, quant["later"].model, calibration["clips"][0],
+                      ctx.model.cfg.grid, meta={"clip": f"first calibration clip ({calibration['source']})"})
+    ctx.bundle.record_dir("golden_dir", "golden")
+
+
+@step("compile_xmodel", COMPILE_STEP)
+def step_compile_xmodel(ctx: ExportContext, run: StepRun) -> None:
+    """vai_q_pytorch + vai_c_xir where they are; otherwise the scripts are written and the step says it did not run."""
+    graphs = ctx.value("graphs")
+    plan = prepare_compile(ctx.directory, ctx.target.ruleset.name, graphs["early"], graphs["later"],
+                           ctx.value("calibration")["clips"], ctx.model.cfg.grid,
+                           quant_info={n: ctx.directory / "quant" / f"{n}_quant_info.json" for n in GRAPHS})
+    result = run_compile(plan)
+    record = result.record(ctx.directory)
+    ctx.fields["compile"] = ctx.set("compile", record)
+    ctx.bundle.record_dir("compile_dir", COMPILE_DIR)
+    ctx.set("xmodels", result.xmodels)
+    if not result.ran and not result.log:
+        run.not_run(result.reason, script=f"{COMPILE_DIR}/compile.sh", docker_command=plan.docker_command)
+    else:
+        run.record.update(record)
+        ctx.verdict.record("built", result.ran, result.reason)
+
+
+@step("board_dir", "board dir")
+def step_board_dir(ctx: ExportContext, run: StepRun) -> None:
+    cfg, quant = ctx.model.cfg, ctx.value("quant")
+    xmodels = ctx.value("xmodels") if ctx.has("xmodels") else ()
+    write_board_dir(ctx.directory / "board", target=ctx.target.ruleset.name, arch=cfg.arch, grid=cfg.grid,
+                    image_size=cfg.image_size, early=quant["early"].model, later=quant["later"].model,
+                    class_names=ctx.value("class_names"), xmodels={x.parent.name: x for x in xmodels} or None,
+                    golden_dir=ctx.directory / "golden")
+    ctx.bundle.record_dir("board_dir", "board")
+
+
+@step("dpu_report", "report")
+def step_dpu_report(ctx: ExportContext, run: StepRun) -> None:
+    cfg = ctx.model.cfg
+    ctx.fields["throughput"] = throughput = peak_throughput(ctx.target.ruleset.data, cfg)
+    result = DpuExport(ctx.fields["verification"], ctx.fields["compliant"], ctx.value("partition"),
+                       ctx.value("reference"), ctx.value("layers"), ctx.value("compile"), throughput)
+    dpu_report(ctx.bundle, result, {"arch": cfg.arch, "weights": ctx.weights["source"]}, ctx.fields.get("accuracy"))
+    ctx.bundle.record_report()

@@ -1,0 +1,149 @@
+"""What a target family adds in code: its command-line options, their validation, its external tools.
+
+Everything here runs before any work: a bad value, a flag that does not apply to the chosen target,
+a missing required tool is a one-line error (exit 2) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from vidconv_deploy.errors import UserError
+from vidconv_deploy.targets.registry import Target, Tool
+
+
+def _package(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _program(name: str) -> str | None:
+    return "on PATH" if shutil.which(name) else None
+
+
+def add_calibration_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--calib", type=Path, help="calibration videos: a dataset folder or a folder of videos "
+                                                  "(default: synthetic-motion videos)")
+    group.add_argument("--calib-clips", type=int, help="calibration clips (default: the recipe's, 16)")
+    group.add_argument("--eval", type=Path, help="dataset folder: score its test split and put accuracy in the report")
+
+
+def add_finn_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--bits", help="FINN weight/activation bits wXaY (default: the recipe's, w4a4)")
+    group.add_argument("--fps", type=float, help="FINN folding target in clips per second (default: fully folded, smallest)")
+    group.add_argument("--allow-unfit", action="store_true", help="exit 0 even when the design does not fit the board")
+
+
+def validate_calibration(target: Target, options: argparse.Namespace) -> None:
+    """--calib and --eval name readable folders, --calib-clips is positive (checked before any work)."""
+    if options.calib_clips is None:
+        options.calib_clips = int(target.calibration.get("clips", 16))
+    if options.calib_clips < 1:
+        raise UserError(f"--calib-clips {options.calib_clips}: give at least 1 calibration clip")
+    if options.calib is not None and not options.calib.is_dir():
+        raise UserError(f"--calib {options.calib} is not a folder: give a dataset folder or a folder of videos")
+    if options.eval is not None:
+        from vidconv_deploy.data.sources import open_split
+
+        if not options.eval.is_dir():
+            raise UserError(f"--eval {options.eval} is not a folder: give a dataset folder (vidconv-make-data) "
+                            f"with a test split")
+        if not open_split(options.eval, "test").items:
+            raise UserError(f"--eval {options.eval}: its test split lists no videos: give a dataset with test videos")
+
+
+def validate_finn(target: Target, options: argparse.Namespace) -> None:
+    """finn-plus is here, --bits parses, --fps is positive; then the calibration options."""
+    from vidconv_deploy.finn.finn_env import require_finn
+    from vidconv_deploy.finn.model import Bits
+
+    require_finn()
+    options.bits = str(Bits.parse(options.bits or str(target.quantizer.get("bits", "w4a4"))))
+    if options.fps is not None and not options.fps > 0:
+        raise UserError(f"--fps {options.fps}: give a positive folding target in clips per second (or leave it out)")
+    validate_calibration(target, options)
+
+
+def onnx_tools(target: Target) -> list[Tool]:
+    return [Tool("onnxruntime", "runs and checks every graph", _package("onnxruntime")),
+            Tool("onnxsim", "simplifies every graph", _package("onnxsim"))]
+
+
+def dpu_tools(target: Target) -> list[Tool]:
+    from vidconv_deploy.dpu.compile import vai_python
+
+    nndct = vai_python()
+    return [*onnx_tools(target),
+            Tool("vai_q_pytorch", "quantizes the graphs inside the Vitis AI image (compile/quantize_vaiq.py)",
+                 ("importable" if importlib.util.find_spec("pytorch_nndct") else nndct) if nndct else None),
+            Tool("vai_c_xir", "compiles the xmodel for the board's arch.json", _program("vai_c_xir")),
+            Tool("docker", "runs compile/docker_run.sh (image from docker/vitis-ai)", _program("docker"))]
+
+
+def finn_tools(target: Target) -> list[Tool]:
+    vivado = os.environ.get("XILINX_VIVADO") if shutil.which("vivado") else None
+    return [Tool("finn-plus", "streamlining, HW layers, folding and estimates", _package("finn-plus")),
+            Tool("brevitas", "the quantized model and its QONNX export", _package("brevitas")),
+            Tool("vivado", "finn build: stitched IP, bitfile, PYNQ driver (finn_build/docker_run.sh)", vivado),
+            Tool("finn", "the finn CLI that runs finn_build/build.sh", _program("finn")),
+            Tool("docker", "runs finn_build/docker_run.sh (image from docker/finn)", _program("docker"))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A target family: the option groups it takes, how it validates them, the tools it drives."""
+
+    name: str
+    flags: tuple[str, ...]
+    validate: Callable[[Target, argparse.Namespace], None]
+    tools: Callable[[Target], list[Tool]]
+    #: The step that drives tools absent from many machines, and those tools (without them it is written, not run).
+    tool_step: tuple[str, tuple[str, ...]] | None = None
+
+    def absent(self, target: Target) -> dict[str, list[str]]:
+        """Steps of ``target`` that cannot run here, with the tools they lack."""
+        if self.tool_step is None or self.tool_step[0] not in target.step_names:
+            return {}
+        step, names = self.tool_step
+        missing = [t.name for t in self.tools(target) if t.name in names and not t.available]
+        return {step: missing} if missing else {}
+
+
+FAMILIES: dict[str, Family] = {
+    "onnx": Family("onnx", (), lambda target, options: None, onnx_tools),
+    "dpu": Family("dpu", ("calib", "calib_clips", "eval"), validate_calibration, dpu_tools,
+                  ("compile_xmodel", ("vai_q_pytorch", "vai_c_xir"))),
+    "finn": Family("finn", ("calib", "calib_clips", "eval", "bits", "fps", "allow_unfit"), validate_finn, finn_tools,
+                   ("finn_build", ("vivado", "finn"))),
+}
+#: Every family-specific flag, by the families that take it (a flag given to another family is an error).
+FAMILY_FLAGS = {flag for f in FAMILIES.values() for flag in f.flags}
+
+
+def family(name: str) -> Family:
+    return FAMILIES[name]
+
+
+def add_family_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every family's option group (so --help lists them all); each flag's default is None (= not given)."""
+    add_calibration_arguments(parser.add_argument_group("calibration and accuracy (dpu-* and finn-* targets)"))
+    add_finn_arguments(parser.add_argument_group("FINN (finn-* targets)"))
+
+
+def reject_foreign_flags(target: Target, options: argparse.Namespace) -> None:
+    """A family flag given to a target of another family is an error: it would be silently ignored."""
+    accepted = family(target.family).flags
+    for flag in sorted(FAMILY_FLAGS - set(accepted)):
+        if getattr(options, flag) not in (None, False):
+            takers = [f.name for f in FAMILIES.values() if flag in f.flags]
+            raise UserError(f"--{flag.replace('_', '-')} applies to {' and '.join(t + '-*' for t in takers)} targets, "
+                            f"not {target.name}: drop it or choose such a target")

@@ -1,0 +1,105 @@
+"""Pipelines as lists of named steps, run by one runner (as FINN's ``build_dataflow`` runs its ``step_*``).
+
+A step is a function ``step(ctx, run)`` registered under a name that recipes list
+(``export/*.yaml``). The runner times every step into the bundle's manifest, records each step that
+did not run and why (a missing tool, a failed verdict before it, ``--stop-after``), drives one
+progress bar from the list (steps per graph count once per graph), and can continue a finished
+bundle from a step (``--start-from``: the records of the steps before it are kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from vidconv_deploy.errors import UserError
+from vidconv_deploy.targets.context import ExportContext, StepRun, StopPipeline
+
+#: The streaming split's two graphs, in the order per-graph steps run them.
+GRAPHS = ("early", "later")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One named step; ``title`` is its name in the manifest (``"<title> <graph>"`` for per-graph steps)."""
+
+    name: str
+    title: str
+    run: Callable[[ExportContext, StepRun], None]
+    per_graph: bool = False
+
+    def titles(self) -> list[tuple[str, str | None]]:
+        """(manifest name, graph) of each run of this step."""
+        return [(f"{self.title} {g}", g) for g in GRAPHS] if self.per_graph else [(self.title, None)]
+
+
+REGISTRY: dict[str, Step] = {}
+
+
+def step(name: str, title: str, per_graph: bool = False) -> Callable[[Callable[[ExportContext, StepRun], None]], Step]:
+    """Register a step function under ``name`` (what recipes list)."""
+
+    def register(fn: Callable[[ExportContext, StepRun], None]) -> Step:
+        if name in REGISTRY:
+            raise ValueError(f"step {name!r} is registered twice")
+        REGISTRY[name] = Step(name, title, fn, per_graph)
+        return REGISTRY[name]
+
+    return register
+
+
+def resolve_steps(names: Sequence[str], where: str) -> list[Step]:
+    """The registered steps a recipe lists; an unknown name is a one-line error naming the recipe."""
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise UserError(f"{where} lists unknown step(s) {', '.join(unknown)}: use steps from "
+                        f"{', '.join(sorted(REGISTRY))}")
+    return [REGISTRY[n] for n in names]
+
+
+def check_step_name(name: str | None, steps: Sequence[Step], flag: str) -> None:
+    """``--start-from``/``--stop-after`` must name a step of this target."""
+    if name is not None and name not in [s.name for s in steps]:
+        raise UserError(f"{flag} {name}: not a step of this target; its steps are {', '.join(s.name for s in steps)}")
+
+
+def progress_bar() -> Progress:
+    """A transient progress display on stderr (stdout stays clean for --json), with an estimate of the time left."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+
+def run_steps(ctx: ExportContext, steps: Sequence[Step], start_from: str | None = None,
+              stop_after: str | None = None) -> None:
+    """Run ``steps`` on ``ctx`` in order, recording each in ``ctx.bundle.steps`` (see the module docstring)."""
+    names = [s.name for s in steps]
+    first = names.index(start_from) if start_from else 0
+    last = names.index(stop_after) if stop_after else len(steps) - 1
+    runs = [(s, title, graph) for s in steps[first:] for title, graph in s.titles()]
+    stopped: str | None = None
+    with progress_bar() as progress:
+        task = progress.add_task("export", total=sum(1 for s, _, _ in runs if names.index(s.name) <= last))
+        for s, title, graph in runs:
+            if names.index(s.name) > last:
+                ctx.bundle.not_run(title, f"--stop-after {stop_after}")
+                continue
+            if stopped is not None:
+                ctx.bundle.not_run(title, stopped)
+                progress.advance(task)
+                continue
+            progress.update(task, description=title)
+            ctx.verdict.current_step = title
+            record = {"name": title, "status": "ran"}
+            start = time.perf_counter()
+            try:
+                s.run(ctx, StepRun(graph, record))
+            except StopPipeline as stop:
+                stopped = f"not run: {stop.reason}"
+            if record["status"] != "not run":
+                record["seconds"] = round(time.perf_counter() - start, 3)
+            ctx.bundle.steps.append(record)
+            progress.advance(task)
