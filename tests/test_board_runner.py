@@ -22,11 +22,12 @@ from vidconv_deploy.data.video import IMAGENET_MEAN, IMAGENET_STD, load_clips, t
 from vidconv_deploy.dpu.board_dir import io_fix_points, write_board_dir
 from vidconv_deploy.dpu.golden import clip_golden, compare_golden, read_golden, write_clip_golden
 from vidconv_deploy.export.deploy_model import to_deploy
-from vidconv_deploy.export.onnx_export import MethodModule, export_graph, run_onnx
+from vidconv_deploy.export.onnx_export import MethodModule, export_graph
 from vidconv_deploy.export.passes import apply_passes, dpu_passes
 from vidconv_deploy.models.collage import frames_to_collage
 from vidconv_deploy.quant import quantize_onnx
 from vidconv_deploy.reference import run_reference
+from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
 
 RUNNER = Path(__file__).parents[1] / "hw" / "board" / "run_xmodel.py"
 CLASSES = ["walk", "run", "jump", "sit", "wave"]
@@ -68,12 +69,10 @@ def board(tmp_path_factory):
     later = export_graph(MethodModule(deploy, deploy.later), torch.randn(deploy.collage_shape()), "collage", "logits").model
     gen = torch.Generator().manual_seed(0)
     clips = [torch.randn(9, 3, 64, 64, generator=gen).numpy() for _ in range(2)]
-    early_q = quantize_onnx(early, [{"frame": c[t : t + 1]} for c in clips for t in range(9)], progress=False).model
-    collages = [frames_to_collage(torch.from_numpy(np.concatenate([run_onnx(early, {"frame": c[t : t + 1]})[0]
-                                                                   for t in range(9)])), (3, 3)).numpy() for c in clips]
+    frames, collages = StreamingSplit((3, 3), OnnxRuntimeRunner(early), OnnxRuntimeRunner(later)).feeds(clips)
+    early_q = quantize_onnx(early, frames, progress=False).model
     out_fix = io_fix_points(early_q)[1]
-    later_q = quantize_onnx(later, [{"collage": c} for c in collages], fixed_fix_points={"collage": out_fix},
-                            progress=False).model
+    later_q = quantize_onnx(later, collages, fixed_fix_points={"collage": out_fix}, progress=False).model
     root = tmp_path_factory.mktemp("board")
     clip = clips[0]
     write_clip_golden(root / "golden", early_q, later_q, clip, (3, 3), meta={"clip": "random clip 0"})
@@ -198,6 +197,20 @@ def test_collage_and_rounding_match_the_package():
     # DPU rounding (half up) and saturation: fix point 1 scales by 2
     x = np.array([-1.25, 1.25, -1.3, 0.74, 100.0, -100.0])
     np.testing.assert_array_equal(runner.quantize(x, 1), np.array([-2, 3, -3, 1, 127, -128], np.int8))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_the_board_scripts_collage_is_the_streaming_splits(layout):
+    """The board script keeps its own collage (it runs without the package): identical tensors, on a 2x3 grid too."""
+    rng = np.random.default_rng(1)
+    for grid in ((3, 3), (2, 3)):
+        frames = [rng.integers(-128, 128, (1, 5, 2, 3), dtype=np.int8) for _ in range(grid[0] * grid[1])]
+        if layout == "NHWC":
+            frames = [f.transpose(0, 2, 3, 1) for f in frames]
+        split = StreamingSplit(grid, OnnxRuntimeRunner(b""), OnnxRuntimeRunner(b""), layout=layout)  # never loaded
+        ours, theirs = split.collage(frames), runner.collage(frames, grid, layout)
+        assert ours.dtype == theirs.dtype == np.int8 and ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs)
 
 
 class FakeVart:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,9 +69,9 @@ def test_prepare_writes_scripts_and_calibration(tmp_path, graphs):
     assert 'vai_c_xir -x "$quantized" -a "$ARCH_JSON" -o "xmodel/$graph" -n "$graph"' in script
     assert 'ARCH_JSON="${ARCH_JSON:-/opt/vitis_ai/compiler/arch/DPUCZDX8G/KV260/arch.json}"' in script
     assert "--target DPUCZDX8G_ISA1_B4096" in script and "for graph in early later; do" in script
-    assert plan.docker_command == (f'docker run --rm --user "$(id -u):$(id -g)" -e HOME=/tmp -v {tmp_path.resolve()}:/bundle '
-                                   f"-w /bundle/compile vidconv-deploy/vitis-ai:3.5 compile.sh")
-    assert plan.docker_command in (out / "docker_run.sh").read_text()
+    assert plan.docker_command == "compile/docker_run.sh"
+    assert ('docker run --rm --user "$(id -u):$(id -g)" -e HOME=/tmp -v "$bundle:/bundle" '
+            "-w /bundle/compile vidconv-deploy/vitis-ai:3.5 compile.sh") in (out / "docker_run.sh").read_text()
     assert (out / "quantize_vaiq.py").read_text() == Path(vaiq_script.__file__).read_text()
     # calibration: every frame for the early graph; each clip's collage of float early outputs for the later
     frames = np.load(out / "calib" / "early.npy")
@@ -145,13 +146,36 @@ def test_ops_without_a_dpu_kernel_are_refused():
 
 
 def test_calibration_input_errors(graphs):
-    early, _ = graphs
+    early, later = graphs
     with pytest.raises(UserError, match="no calibration clips: give --calib DIR"):
-        driver.calibration_samples(early, [], (2, 2))
+        driver.calibration_samples(early, later, [], (2, 2))
     with pytest.raises(UserError, match=r"calibration clip has 3 frames, the 2x2 collage needs 4"):
-        driver.calibration_samples(early, [np.zeros((3, 3, 64, 64), np.float32)], (2, 2))
+        driver.calibration_samples(early, later, [np.zeros((3, 3, 64, 64), np.float32)], (2, 2))
     with pytest.raises(UserError, match=r"does not fit frames \(3, 64, 64\)"):
-        driver.calibration_samples(early, [np.zeros((4, 3, 32, 32), np.float32)], (2, 2))
+        driver.calibration_samples(early, later, [np.zeros((4, 3, 32, 32), np.float32)], (2, 2))
+
+
+def test_a_moved_bundle_compiles_where_it_now_is(tmp_path, graphs):
+    """docker_run.sh mounts the folder it sits in, not the one it was written to; compile/ names no host path."""
+    early, later = graphs
+    driver.prepare_compile(tmp_path / "written", "dpu-kv260", early, later, clips(1), (2, 2))
+    texts = [p.read_text() for p in (tmp_path / "written").rglob("*") if p.suffix in (".sh", ".py", ".json")
+             and p.is_file()]
+    assert texts and not [t for t in texts if str(tmp_path) in t]
+    moved = tmp_path / "elsewhere" / "bundle"
+    moved.parent.mkdir()
+    (tmp_path / "written").rename(moved)
+    stub = tmp_path / "bin" / "docker"  # prints its arguments instead of running a container
+    stub.parent.mkdir()
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    stub.chmod(0o755)
+    env = {"PATH": f"{stub.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    args = subprocess.run(["bash", str(moved / "compile" / "docker_run.sh")], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+    mount = args[args.index("-v") + 1]
+    assert mount == f"{moved.resolve()}:/bundle" and args[args.index("-w") + 1] == "/bundle/compile"
+    assert args[-2:] == ["vidconv-deploy/vitis-ai:3.5", "compile.sh"]
+    assert (moved / "compile" / "compile.sh").is_file()  # what the container runs, under the mount
 
 
 def test_compare_fix_points_on_hand_made_files():

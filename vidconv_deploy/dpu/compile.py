@@ -4,8 +4,11 @@
 lists (``model/``, see :mod:`vidconv_deploy.dpu.graph_spec`), the calibration samples
 (``calib/early.npy``: frames; ``calib/later.npy``: collages of the float early outputs),
 ``quantize_vaiq.py``, ``compile.sh`` and ``docker_run.sh`` (the exact ``docker run`` command for the
-image built from ``docker/vitis-ai``). :func:`run_compile` runs ``compile.sh`` where the tools are
-(inside that image) and otherwise returns, and records in the manifest, what did not run and why.
+image built from ``docker/vitis-ai``). Nothing in ``compile/`` names a host path: the scripts find
+the bundle from their own location, so a bundle still compiles after it is moved or copied to
+another machine (the ``/opt/vitis_ai`` paths are inside the image). :func:`run_compile` runs
+``compile.sh`` where the tools are (inside that image) and otherwise returns, and records in the
+manifest, what did not run and why.
 It never writes an xmodel itself: every xmodel in ``compile/xmodel/`` comes from vai_c_xir.
 
 Compile for a board (Vitis-AI-Tutorials 3.5 ``run_compile.sh``):
@@ -20,7 +23,6 @@ import importlib.util
 import io
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -41,8 +42,7 @@ from vidconv_deploy.dpu.boards import DpuBoard, dpu_board
 from vidconv_deploy.dpu.graph_spec import graph_spec
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.bundle import Bundle
-from vidconv_deploy.export.onnx_export import run_onnx
-from vidconv_deploy.models.collage import frames_to_collage
+from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
 
 COMPILE_DIR = "compile"
 GRAPHS = ("early", "later")
@@ -63,7 +63,7 @@ class CompilePlan:
     board: DpuBoard
     arch_json: str
     quant_info: Mapping[str, Path]
-    docker_command: str
+    docker_command: str  # relative to the bundle, for the manifest: compile/docker_run.sh
 
     @property
     def script(self) -> Path:
@@ -146,22 +146,23 @@ def _frames(clip: np.ndarray, frame_shape: Sequence[int]) -> np.ndarray:
 
 
 def calibration_samples(
-    early: onnx.ModelProto, calib_clips: Sequence[np.ndarray], grid: tuple[int, int]
+    early: onnx.ModelProto, later: onnx.ModelProto, calib_clips: Sequence[np.ndarray], grid: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-graph calibration inputs: every frame for the early graph, each clip's float collage for the later."""
     if not calib_clips:
         raise UserError("no calibration clips: give --calib DIR with at least one video")
     spec_in = early.graph.input[0]
     frame_shape = [d.dim_value for d in spec_in.type.tensor_type.shape.dim]
-    frames, collages = [], []
+    clips = []
     for clip in calib_clips:
         clip = _frames(clip, frame_shape)
         if clip.shape[0] != grid[0] * grid[1]:
             raise UserError(f"calibration clip has {clip.shape[0]} frames, the {grid[0]}x{grid[1]} collage needs {grid[0] * grid[1]}")
-        features = np.concatenate([run_onnx(early, {spec_in.name: clip[t : t + 1]})[0] for t in range(clip.shape[0])])
-        frames.append(clip)
-        collages.append(frames_to_collage(torch.from_numpy(features), grid).numpy())
-    return np.concatenate(frames), np.concatenate(collages)
+        clips.append(clip)
+    split = StreamingSplit(grid, OnnxRuntimeRunner(early), OnnxRuntimeRunner(later))
+    frames, collages = split.feeds(clips)
+    return (np.concatenate([f[split.early.input_names[0]] for f in frames]),
+            np.concatenate([c[split.later.input_names[0]] for c in collages]))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -198,11 +199,13 @@ done
 """
 
 
-def docker_command(bundle_dir: Path, image: str = IMAGE) -> str:
-    """The ``docker run`` line that runs ``compile.sh`` on this bundle (files stay owned by the caller)."""
-    mount = shlex.quote(f"{bundle_dir.resolve()}:/bundle")
-    return (f'docker run --rm --user "$(id -u):$(id -g)" -e HOME=/tmp -v {mount} '
-            f"-w /bundle/{COMPILE_DIR} {image} compile.sh")
+DOCKER_RUN_SH = """#!/usr/bin/env bash
+# Runs compile.sh in the Vitis AI image; build the image first: docker/vitis-ai/README.md.
+# The bundle is the folder above this script's, wherever the bundle has been moved or copied to.
+set -euo pipefail
+bundle="$(cd "$(dirname "$0")/.." && pwd)"
+docker run --rm --user "$(id -u):$(id -g)" -e HOME=/tmp -v "$bundle:/bundle" -w /bundle/{compile_dir} {image} compile.sh
+"""
 
 
 def prepare_compile(
@@ -226,7 +229,7 @@ def prepare_compile(
     """
     board = dpu_board(target)
     out = bundle_dir / COMPILE_DIR
-    frames, collages = calibration_samples(early, calib_clips, grid)
+    frames, collages = calibration_samples(early, later, calib_clips, grid)
     for name, model, samples in (("early", early, frames), ("later", later, collages)):
         spec, weights = graph_spec(model, name)
         write_text(out / "model" / f"{name}.json", json.dumps(spec, indent=1) + "\n")
@@ -241,12 +244,10 @@ def prepare_compile(
         arch = "arch.json"
     write_text(out / "quantize_vaiq.py", Path(vaiq_script.__file__).read_text(encoding="utf-8"))
     write_text(out / "compile.sh", compile_script(board, arch))
-    command = docker_command(bundle_dir, image)
-    write_text(out / "docker_run.sh", "#!/usr/bin/env bash\n# Build the image first: docker/vitis-ai/README.md.\n"
-                                      f"set -euo pipefail\n{command}\n")
+    write_text(out / "docker_run.sh", DOCKER_RUN_SH.format(compile_dir=COMPILE_DIR, image=image))
     for script in ("compile.sh", "docker_run.sh"):
         (out / script).chmod(0o755)
-    return CompilePlan(bundle_dir, out, board, arch, dict(quant_info or {}), command)
+    return CompilePlan(bundle_dir, out, board, arch, dict(quant_info or {}), f"{COMPILE_DIR}/docker_run.sh")
 
 
 SECTIONS = ("param", "output", "input")

@@ -18,18 +18,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from rich.table import Table
 
 from vidconv_deploy.atomic import write_bytes, write_text
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.models.collage import frames_to_collage
+from vidconv_deploy.reference import ReferenceRun
+from vidconv_deploy.runners import IntegerReferenceRunner, StreamingSplit
 
 FORMAT = "vidconv-golden/1"
 INDEX = "index.json"
@@ -266,16 +266,6 @@ def compare_golden(directory: Path, tensors: Iterable[GoldenTensor], tolerance_l
     return GoldenReport(tolerance, tuple(rows), unseen)
 
 
-#: ``run_reference``'s signature (``vidconv_deploy.reference``): QDQ model, float feeds, rounding -> ReferenceRun.
-ReferenceFn = Callable[..., Any]
-
-
-def _default_reference() -> ReferenceFn:
-    from vidconv_deploy.reference import run_reference
-
-    return run_reference
-
-
 def quantized_io(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """Names under which the integer reference may report a QDQ graph's int8 input and output.
 
@@ -298,7 +288,7 @@ def quantized_io(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def _run_tensors(run: Any, model: onnx.ModelProto, graph: str, frame: int | None) -> list[GoldenTensor]:
+def _run_tensors(run: ReferenceRun, model: onnx.ModelProto, graph: str, frame: int | None) -> list[GoldenTensor]:
     """Every int8 tensor of one reference run, with the graph's input and output marked."""
     inputs, outputs = quantized_io(model)
     in_key = next((k for k in inputs if k in run.tensors), None)
@@ -313,7 +303,6 @@ def _run_tensors(run: Any, model: onnx.ModelProto, graph: str, frame: int | None
 
 def clip_golden(
     early: onnx.ModelProto, later: onnx.ModelProto, clip: np.ndarray, grid: tuple[int, int],
-    run: ReferenceFn | None = None,
 ) -> tuple[list[GoldenTensor], np.ndarray]:
     """Run the streaming split on one clip ``(L, 3, H, W)`` as the board does, with DPU rounding.
 
@@ -321,21 +310,17 @@ def clip_golden(
     collage (the board keeps them int8 and hands the later graph their values); the later graph
     runs once. Returns every tensor of every run and the logits.
     """
-    run = run or _default_reference()
-    rows, cols = grid
-    if clip.ndim != 4 or clip.shape[0] != rows * cols:
-        raise UserError(f"clip of shape {clip.shape} does not fit a {rows}x{cols} collage: expected ({rows * cols}, 3, H, W)")
-    early_in, late_in = early.graph.input[0].name, later.graph.input[0].name
+    early_run, later_run = IntegerReferenceRunner(early, "dpu"), IntegerReferenceRunner(later, "dpu")
+    split = StreamingSplit(grid, early_run, later_run)
     tensors: list[GoldenTensor] = []
     features = []
-    for t in range(clip.shape[0]):
-        result = run(early, {early_in: clip[t : t + 1].astype(np.float32)}, rounding="dpu")
-        frame_tensors = _run_tensors(result, early, "early", t)
+    for t, feed in enumerate(split.frame_feeds(clip)):
+        frame_tensors = _run_tensors(early_run.trace(feed), early, "early", t)
         tensors += frame_tensors
         features.append(next(x for x in frame_tensors if x.role == "output"))
     fix_point = features[0].fix_point
-    collage = frames_to_collage(torch.from_numpy(np.concatenate([f.values for f in features])), grid).numpy()
-    result = run(later, {late_in: collage.astype(np.float32) * np.float32(2.0**-fix_point)}, rounding="dpu")
+    collage = split.collage([f.values for f in features])
+    result = later_run.trace({later_run.input_names[0]: collage.astype(np.float32) * np.float32(2.0**-fix_point)})
     tensors += _run_tensors(result, later, "later", None)
     logits = np.asarray(result.outputs[later.graph.output[0].name], dtype=np.float32)
     return tensors, logits
@@ -343,10 +328,10 @@ def clip_golden(
 
 def write_clip_golden(
     directory: Path, early: onnx.ModelProto, later: onnx.ModelProto, clip: np.ndarray, grid: tuple[int, int], *,
-    run: ReferenceFn | None = None, meta: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> Path:
     """:func:`clip_golden` written with :func:`write_golden`; ``meta`` says where the clip came from."""
-    tensors, logits = clip_golden(early, later, clip, grid, run)
-    info = {"rounding": "dpu", "grid": list(grid), "frames": int(clip.shape[0]),
+    tensors, logits = clip_golden(early, later, clip, grid)
+    info = {"rounding": "dpu", "grid": list(grid), "frames": grid[0] * grid[1],
             "logits": [round(float(v), 6) for v in logits.ravel()], **(meta or {})}
     return write_golden(directory, tensors, meta=info)

@@ -2,8 +2,9 @@
 
 For each clip, every form of the early graph runs once per frame on Brevitas's input, and every
 form of the later graph once on Brevitas's collage (the host tiles the frames' integer features,
-:func:`host_collage`), so each graph is checked on its own. Compared are the integers that cross to
-the host (the collage features) and the integer logits. FINN graphs take and give integers (the
+channels-last), each form through its own :class:`~vidconv_deploy.runners.StreamingSplit`, so each
+graph is checked on its own. Compared are the integers that cross to the host (the collage
+features) and the integer logits. FINN graphs take and give integers (the
 host quantizes the input with the Brevitas input quantizer itself) and run in Python mode, before
 SpecializeLayers (cppsim and rtlsim need the Xilinx tools); they must equal Brevitas exactly.
 
@@ -31,11 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.core.onnx_exec import execute_onnx as execute_qonnx
 
-from finn.core.onnx_exec import execute_onnx as execute_finn
 from vidconv_deploy.finn.flow import as_ints
 from vidconv_deploy.finn.model import FinnViC
+from vidconv_deploy.runners import FinnRunner, QonnxRunner, StreamingSplit
 
 #: The forms of each graph the chain compares, in order, and how many LSB each may differ from Brevitas.
 TOLERANCE_LSB = {"qonnx": 1, "finn_streamlined": 0, "finn_hw": 0}
@@ -63,13 +63,6 @@ class Reference:
     logit_scale: float
 
 
-def host_collage(features: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """The host's step: ``(L, h, w, C)`` frame features -> ``(1, rows*h, cols*w, C)`` collage, frames row-major."""
-    rows, cols = grid
-    n, h, w, c = features.shape
-    return features.reshape(1, rows, cols, h, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(1, rows * h, cols * w, c)
-
-
 def _scalar(scale: torch.Tensor) -> float:
     if scale.numel() != 1:
         raise ValueError("the FINN variant quantizes what crosses to the host per tensor")
@@ -94,38 +87,43 @@ def reference(model: FinnViC, clip: torch.Tensor) -> Reference:
     )
 
 
-def _run(model: ModelWrapper, x: np.ndarray, execute: Any) -> np.ndarray:
-    return execute(model, {model.graph.input[0].name: x.astype(np.float32)})[model.graph.output[0].name]
+def _splits(early: GraphForms, later: GraphForms, grid: tuple[int, int]) -> dict[str, StreamingSplit]:
+    """Each form's streaming split: QONNX graphs run in qonnx, FINN graphs in finn-plus; the collage is channels-last."""
+    splits = {}
+    for form in FORMS:
+        make = QonnxRunner if form == "qonnx" else FinnRunner
+        splits[form] = StreamingSplit(grid, make(getattr(early, form), name=f"{form} early"),
+                                      make(getattr(later, form), name=f"{form} later"), layout="NHWC")
+    return splits
 
 
-def run_forms(early: GraphForms, later: GraphForms, ref: Reference, grid: tuple[int, int]) -> dict[str, dict[str, Any]]:
+def run_forms(splits: dict[str, StreamingSplit], ref: Reference) -> dict[str, dict[str, Any]]:
     """Each form's feature and logit integers for one clip (and the QONNX float gap to the Brevitas grid)."""
     out: dict[str, dict[str, Any]] = {}
-    q_features = np.concatenate([_run(early.qonnx, f[None], execute_qonnx) for f in ref.frames])  # NCHW floats
+    collage = splits["qonnx"].collage(ref.features)  # Brevitas's integers, tiled by the host
+    q_features = np.concatenate(splits["qonnx"].run_early(ref.frames))  # NCHW floats
     q_features = q_features.transpose(0, 2, 3, 1) / ref.feature_scale
-    collage = host_collage(ref.features, grid)
-    q_logits = _run(later.qonnx, collage * ref.feature_scale, execute_qonnx)
-    q_logits = q_logits / ref.logit_scale
+    q_logits = splits["qonnx"].run_later((collage * ref.feature_scale).astype(np.float32)) / ref.logit_scale
     out["qonnx"] = {
         "features": np.round(q_features).astype(np.int64), "logits": np.round(q_logits).astype(np.int64),
         "max_off_grid": float(max(np.abs(q_features - np.round(q_features)).max(), np.abs(q_logits - np.round(q_logits)).max())),
     }
     for form in FORMS[1:]:
-        e, l = getattr(early, form), getattr(later, form)
-        features = np.concatenate([as_ints(_run(e, x[None], execute_finn)) for x in ref.input_ints])
-        out[form] = {"features": features, "logits": as_ints(_run(l, collage, execute_finn))}
+        split = splits[form]
+        out[form] = {"features": np.concatenate([as_ints(f) for f in split.run_early(ref.input_ints)]),
+                     "logits": as_ints(split.run_later(collage.astype(np.float32)))}
     return out
 
 
 def verify_chain(model: FinnViC, early: GraphForms, later: GraphForms, clips: list[torch.Tensor]) -> dict[str, Any]:
     """Compare every form with Brevitas on ``clips`` (each ``(1, L, 3, H, W)``), each within its :data:`TOLERANCE_LSB`."""
-    grid = model.cfg.grid
+    splits = _splits(early, later, model.cfg.grid)
     exact = copy.deepcopy(model).double()  # exact accumulation, as the integer hardware computes
     agree = {form: {"features": True, "logits": True} for form in FORMS}
     worst_off_grid, mismatches, qonnx_rounding = 0.0, [], []
     for i, clip in enumerate(clips):
         ref = reference(exact, clip)
-        for form, result in run_forms(early, later, ref, grid).items():
+        for form, result in run_forms(splits, ref).items():
             for what in ("features", "logits"):
                 expected = getattr(ref, what)
                 if result[what].shape != expected.shape:
