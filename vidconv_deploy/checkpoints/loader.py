@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 
 from vidconv_deploy.atomic import atomic_path
 from vidconv_deploy.checkpoints.layouts import OURS, Layout, detect_layout
-from vidconv_deploy.errors import CheckpointError
+from vidconv_deploy.errors import CheckpointError, UserError
 from vidconv_deploy.models.config import ARCHS, ViCConfig
 from vidconv_deploy.models.vidconv import VidConv
 
@@ -76,17 +77,31 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}): re-save it with save_checkpoint") from None
 
 
+#: How torch.save's files start: a zip archive (PyTorch >= 1.6) or a pickle of protocol 2 or later (older files).
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def _torch_load_failure(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a zip or pickle file, in one short clause."""
+    text = str(err)
+    if "Unsupported global" in text:
+        return "it holds Python objects beyond tensors, which are not loaded for safety"
+    detail = next((line.strip() for line in text.splitlines()[1:] if line.strip()), "") if "WeightsUnpickler" in text else ""
+    first = detail or (text.strip().splitlines()[0] if text.strip() else type(err).__name__)
+    return f"it is a damaged or foreign PyTorch file ({first[:160]})"
+
+
 def _read_torch(path: Path) -> StateDict:
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        raise CheckpointError(f"{path} is not a checkpoint: it is not a zip, pickle or safetensors file; "
+                              f"expected a PyTorch state dict (.pth) or a vidconv .safetensors file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign files; each means "not a checkpoint"
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        reason = f"torch.load failed with {type(err).__name__}" + (f" ({text})" if text else "")
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            reason = "it holds Python objects beyond tensors, which are not loaded for safety"
-        raise CheckpointError(
-            f"{path} is not a checkpoint: {reason[:200]}; expected a PyTorch state dict (.pth) or a vidconv .safetensors file"
-        ) from None
+        raise CheckpointError(f"{path} is not a checkpoint: {_torch_load_failure(err)}; "
+                              f"expected a PyTorch state dict (.pth) or a vidconv .safetensors file") from None
     for _ in range(2):  # unwrap {"meta", "state_dict"} / {"model": ...}
         if isinstance(obj, dict):
             wrapper = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -101,14 +116,56 @@ def _read_torch(path: Path) -> StateDict:
     return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
 
 
+def _check_type(value: object, hint: object) -> bool:
+    """Whether a JSON value fits a config field's type: str, bool, int, float or a fixed-length tuple of ints."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return isinstance(value, list) and len(value) == len(args) and all(_check_type(v, a) for v, a in zip(value, args))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _header_config(path: Path, text: str) -> ViCConfig:
+    """The model config in a safetensors header, checked field by field, so that a broken header is one line."""
+    fix = "use the file that vidconv-train or vidconv-finetune wrote, or re-export the model"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: the model config in its header is not JSON ({err.msg}): {fix}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: the model config in its header is {type(data).__name__}, not a JSON object: {fix}")
+    hints = typing.get_type_hints(ViCConfig)
+    fields = {f.name: f for f in dataclasses.fields(ViCConfig)}
+    missing = [name for name, f in fields.items() if name not in data and f.default is dataclasses.MISSING]
+    if missing:
+        raise CheckpointError(f"{path}: the model config in its header lacks {', '.join(missing)}: {fix}")
+    wrong = [f"{name}={str(data[name])[:40]}" for name in fields if name in data and not _check_type(data[name], hints[name])]
+    if wrong:
+        raise CheckpointError(f"{path}: the model config in its header has values of the wrong type or sign "
+                              f"({_listing(wrong)}): {fix}")
+    try:
+        return ViCConfig.from_dict(data)
+    except UserError as err:  # unknown fields or unsupported values: say which file
+        raise CheckpointError(f"{path}: {err}") from None
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[StateDict, Layout, ViCConfig | None]:
     """Read a checkpoint file: its tensors, its layout, and the model config it carries (our format only)."""
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"checkpoint {file} does not exist: check the path")
-    if _is_safetensors(file):
+    try:
+        safetensors_file = _is_safetensors(file)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {file} ({err.strerror}): check its permissions") from None
+    if safetensors_file:
         state, metadata = _read_safetensors(file)
-        cfg = ViCConfig.from_dict(json.loads(metadata[CONFIG_KEY])) if CONFIG_KEY in metadata else None
+        cfg = _header_config(file, metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
         layout = OURS if cfg is not None else detect_layout(list(state))
     else:
         state, cfg = _read_torch(file), None

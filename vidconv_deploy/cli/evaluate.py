@@ -29,9 +29,14 @@ from vidconv_deploy.evaluate.run import ORDERS
 from vidconv_deploy.evaluate.sharded import score_split, score_split_ray
 from vidconv_deploy.report import Report
 
+EXIT_CODES = """exit codes:
+  0    scored: eval.json and the report are written in the bundle
+  2    bad input (refused before anything is written) or a tool error: one line on stderr
+  130  interrupted: nothing is written"""
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vidconv-eval", description=__doc__,
+    parser = argparse.ArgumentParser(prog="vidconv-eval", description=__doc__.replace("``", ""), epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder written by vidconv-export")
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (annotation lists, vidconv-make-data)")
@@ -47,6 +52,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_limit(limit: int | None) -> None:
+    """``--limit`` below 1 would score everything (0) or silently drop videos from the end (negative slicing)."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit} scores no video: give --limit 1 or more, or leave it out to score the whole split")
+
+
 def evaluate_bundle(bundle: Path, data: Path, split: str = "test", orders: Sequence[str] = ("normal",),
                     ray: str | None = None, workers: int = 2, reference: bool = True, limit: int | None = None,
                     teacher: Path | None = None) -> dict[str, Any]:
@@ -54,6 +65,7 @@ def evaluate_bundle(bundle: Path, data: Path, split: str = "test", orders: Seque
     manifest = read_manifest(bundle)
     config = manifest["model"]["config"]
     source = open_split(data, split)
+    check_limit(limit)
     items = list(source.items[:limit] if limit else source.items)
     protocol = protocol_for(source, config["grid"][0] * config["grid"][1], None)
     image_size = tuple(config["image_size"])
@@ -65,6 +77,9 @@ def evaluate_bundle(bundle: Path, data: Path, split: str = "test", orders: Seque
             scores, skips = score_split_ray(ray, items, factory, protocol, image_size, order, workers=workers)
         else:
             scores, skips = score_split(items, factory, protocol, image_size, order)
+        if not len(next(iter(scores.values())).labels):  # every classifier scores the same videos
+            raise UserError(f"no usable videos in the {split} split of {data} ({skips.counts() or 'none listed'}): "
+                            f"give --data a dataset folder whose {split} videos are readable")
         result["orders"][order] = summary(scores, "float")
         result["skipped"] = skips.to_dict()
     return result
@@ -100,6 +115,9 @@ def print_table(result: dict[str, Any]) -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
+    check_limit(args.limit)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers} runs nothing: give --workers 1 or more")
     manifest = read_manifest(args.bundle)
     if args.target and args.target != manifest["target"]:
         raise UserError(f"{args.bundle} was exported for {manifest['target']!r}, not {args.target!r}: "

@@ -6,9 +6,14 @@ where the clips have labels. ``--qat`` makes the student the Brevitas FINN varia
 instead (from the teacher, or from ``--init``, e.g. the distilled ``vic-nano-dpu``), calibrates its
 quantizers on the clips and trains it through them (straight-through estimators) on the logits'
 KL plus cross-entropy; the result is a FINN checkpoint for ``vidconv-export --target finn-<board>``.
-Runs on the CPU for small models, shows progress, and resumes from the state file written after
-every epoch (``--resume``). With a dataset folder that has a test split, the student's accuracy
-and its top-1 agreement with the teacher go into its model card.
+Runs on the CPU for small models and shows progress. With a dataset folder that has a test
+split, the student's accuracy and its top-1 agreement with the teacher go into its model card.
+The result goes under ``runs/`` unless ``--out`` names a path (the shipped ``models/`` only then).
+
+The state of the run is saved to ``OUT.state.pt`` after every epoch: a killed run continues with
+``--resume``, which refuses a state whose settings (teacher, student, bits, init, clips,
+hyper-parameters) differ from the flags given. Without ``--resume`` the state of an unfinished
+run is an error (continue it or delete it); a finished run's state is replaced, with a note.
 """
 
 from __future__ import annotations
@@ -26,21 +31,21 @@ from rich.console import Console
 from vidconv_deploy.atomic import write_text
 from vidconv_deploy.checkpoints import load_model, save_checkpoint
 from vidconv_deploy.cli.common import run_main
-from vidconv_deploy.cli.train import batches
-from vidconv_deploy.data.dataset import TrainClips, protocol_for
-from vidconv_deploy.data.sources import NO_LABEL, open_split, scan_folder
+from vidconv_deploy.cli.train import EXIT_CODES, RUNS, batches, check_out, check_training_flags
+from vidconv_deploy.data.dataset import EvalClips, TrainClips, protocol_for
+from vidconv_deploy.data.sources import NO_LABEL, VideoSource, list_digest, open_split, scan_folder
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.evaluate.classifiers import TorchClassifier
 from vidconv_deploy.evaluate.sharded import score_split
 from vidconv_deploy.models.config import split_arch
 from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv
-from vidconv_deploy.train.loop import TrainConfig, fit
+from vidconv_deploy.train.loop import Settings, TrainConfig, fit, open_state
 from vidconv_deploy.train.losses import DistillLoss
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vidconv-finetune", description=__doc__,
+    parser = argparse.ArgumentParser(prog="vidconv-finetune", description=__doc__.replace("``", ""), epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True, help="faithful checkpoint (.safetensors or authors' .pth)")
     parser.add_argument("--student", help="deploy variant to distil, e.g. vic-nano-dpu or vic-t-dpu (not with --qat)")
@@ -52,19 +57,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="clips per step (default 16)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of clip sampling and order (default 0)")
-    parser.add_argument("--out", type=Path, help="student weights file (default: models/<student>.safetensors, "
-                                                 "models/<arch>-finn-<bits>.safetensors with --qat)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT.state.pt if a run was interrupted")
+    parser.add_argument("--out", type=Path, help=f"student weights file, .safetensors (default: {RUNS}/<student>.safetensors, "
+                                                 f"{RUNS}/<arch>-finn-<bits>.safetensors with --qat)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT.state.pt; it must have been started with the same --teacher, "
+                             "--student, --qat, --bits, --init, --clips, --epochs, --batch, --lr and --seed "
+                             "(a difference is an error)")
     return parser.parse_args(argv)
 
 
-def training_clips(folder: Path, frames: int, image_size: tuple[int, int], seed: int) -> TrainClips:
-    """Random training clips of a dataset folder's train split, or of every video in a plain folder."""
-    if (folder / "train.txt").is_file():
-        source = open_split(folder, "train")
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flags that cannot make a student, before the teacher is loaded or any clip decoded (--out: once its default is known)."""
+    check_training_flags(args.epochs, args.batch, args.lr, args.seed)
+    if args.qat:
+        from vidconv_deploy.finn.model import Bits
+
+        Bits.parse(args.bits)
+        if args.student:
+            raise UserError(f"--student {args.student} does not apply to --qat (its student is the FINN variant): "
+                            f"drop --student, or drop --qat to distil {args.student}")
     else:
-        source = scan_folder(folder)
+        if not args.student:
+            raise UserError("no student: give --student, e.g. --student vic-nano-dpu, or --qat for the FINN variant")
+        if args.init:
+            raise UserError(f"--init {args.init} only applies to --qat: drop --init, or add --qat")
+
+
+def clip_source(folder: Path) -> VideoSource:
+    """The videos to train on: a dataset folder's train split, or every video in a plain folder."""
+    return open_split(folder, "train") if (folder / "train.txt").is_file() else scan_folder(folder)
+
+
+def training_clips(source: VideoSource, frames: int, image_size: tuple[int, int], seed: int) -> TrainClips:
+    """Random training clips of ``source``, sampled as its dataset declares (Kinetics for a plain folder)."""
     return TrainClips(source.items, protocol_for(source, frames, source.protocol or "kinetics"), image_size, seed=seed)
+
+
+def settings_of(args: argparse.Namespace, source: VideoSource) -> Settings:
+    """What defines a finetune run, by flag: a resumed run must have all of it unchanged."""
+    return {"--teacher": str(args.teacher.resolve()), "--student": args.student or "", "--qat": args.qat,
+            "--bits": args.bits if args.qat else "", "--init": str(args.init.resolve()) if args.init else "",
+            "--clips": str(args.clips.resolve()), "--clips videos": list_digest(source, args.clips),
+            "--epochs": args.epochs, "--batch": args.batch, "--lr": args.lr, "--seed": args.seed}
 
 
 def dpu_student(args: argparse.Namespace, teacher: VidConv) -> VidConv:
@@ -77,39 +111,63 @@ def dpu_student(args: argparse.Namespace, teacher: VidConv) -> VidConv:
     return student
 
 
-def finn_student(args: argparse.Namespace, teacher: VidConv) -> torch.nn.Module:
-    """The FINN variant at ``--bits`` from ``--init`` (or the teacher), its quantizers calibrated on the clips."""
+def finn_student(source: VidConv, bits: str, clips: Path) -> torch.nn.Module:
+    """The FINN variant of ``source`` at ``bits``, its quantizers calibrated on the clips."""
     from vidconv_deploy.data.calibration import calibration_clips
-    from vidconv_deploy.finn.model import Bits, calibrate, from_float
+    from vidconv_deploy.finn.model import calibrate, from_float
 
-    bits = Bits.parse(args.bits)
-    source = load_model(args.init)[0].eval() if args.init else teacher
     cfg = source.cfg
-    clips, _, _ = calibration_clips(args.clips, cfg.frames, cfg.image_size)
+    calibration, _, _ = calibration_clips(clips, cfg.frames, cfg.image_size)
     student = from_float(source, bits)
-    calibrate(student, [torch.from_numpy(c)[None] for c in clips], reestimate_bn=cfg.norm == "layer")
+    calibrate(student, [torch.from_numpy(c)[None] for c in calibration], reestimate_bn=cfg.norm == "layer")
     return student
+
+
+def usable_test_videos(folder: Path, frames: int, image_size: tuple[int, int]) -> EvalClips | None:
+    """The usable test videos of a dataset folder (checked before training: none is an error), or None without a test list."""
+    if not (folder / "test.txt").is_file():
+        return None
+    source = open_split(folder, "test")
+    videos = EvalClips(source.items, protocol_for(source, frames, None), image_size)
+    if not len(videos):
+        raise UserError(f"no usable videos in the test split of {folder} ({videos.skips.counts()}): "
+                        f"give --clips a dataset folder whose test videos are readable, or one without a test list")
+    return videos
 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
+    check_args(args)
     teacher, _ = load_model(args.teacher)
     teacher.eval().requires_grad_(False)
     if args.qat:
-        from vidconv_deploy.finn.checkpoint import save_finn_checkpoint
+        from vidconv_deploy.finn.model import Bits
 
-        student = finn_student(args, teacher)
-        name, save = f"{split_arch(student.cfg.arch)[0]}-finn-{student.bits}", save_finn_checkpoint
-        recipe = f"QAT of the FINN variant ({student.bits}): KL(T=2) on logits + CE, straight-through estimators"
+        bits = Bits.parse(args.bits)
+        origin = load_model(args.init)[0].eval() if args.init else teacher
+        name = f"{split_arch(origin.cfg.arch)[0]}-finn-{bits}"
+        recipe = f"QAT of the FINN variant ({bits}): KL(T=2) on logits + CE, straight-through estimators"
     else:
-        student = dpu_student(args, teacher)
-        name, save = student.cfg.arch, save_checkpoint
+        origin = dpu_student(args, teacher)
+        name = origin.cfg.arch
         recipe = "KL(T=2) on logits + MSE on pooled features + 0.5 CE"
-    out = args.out or Path("models") / f"{name}.safetensors"
-    cfg = student.cfg
-    dataset = training_clips(args.clips, cfg.frames, cfg.image_size, args.seed)
+    out = args.out or RUNS / f"{name}.safetensors"
+    check_out(out)
+    cfg = origin.cfg
+    source = clip_source(args.clips)
+    settings = settings_of(args, source)
+    state_path = out.with_suffix(".state.pt")
+    resume = open_state(state_path, args.resume, settings)
+    dataset = training_clips(source, cfg.frames, cfg.image_size, args.seed)
     if not len(dataset):
         raise UserError(f"no usable videos in {args.clips} ({dataset.skips.counts()}): give --clips a folder of videos")
+    tests = usable_test_videos(args.clips, cfg.frames, cfg.image_size)
+    if args.qat:
+        from vidconv_deploy.finn.checkpoint import save_finn_checkpoint
+
+        student, save = finn_student(origin, args.bits, args.clips), save_finn_checkpoint
+    else:
+        student, save = origin, save_checkpoint
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=math.ceil(len(dataset) / args.batch), lr=args.lr,
                          warmup_epochs=0.25, weight_decay=0.0 if args.qat else 0.05)
     # QAT: logits only (the FINN student has no float features to match), full-weight cross-entropy.
@@ -131,10 +189,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return criterion(s_logits, t_logits, s_features, t_features, known)
 
     start = time.perf_counter()
-    state = fit(student, config, epoch_batches, loss, out.with_suffix(".state.pt") if args.resume else None,
+    state = fit(student, config, epoch_batches, loss, state_path, settings=settings, resume=resume,
                 description=f"{'QAT of' if args.qat else 'distilling'} {name} from {teacher.cfg.arch}")
     minutes = (time.perf_counter() - start) / 60
-    save(student, out)
     made_with = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
                          if v is not None and v is not False and k != "resume")
     card = {"name": name, "weights": out.name, "config": cfg.to_dict(),
@@ -147,13 +204,17 @@ def _main(argv: Sequence[str] | None) -> int:
             "made_with": f"vidconv-finetune {made_with}"}
     if args.qat:
         card["bits"] = str(student.bits)
-    if (args.clips / "test.txt").is_file():
-        source = open_split(args.clips, "test")
-        scores, _ = score_split(source.items, lambda: {"student": TorchClassifier(student), "teacher": TorchClassifier(teacher)},
-                                protocol_for(source, cfg.frames, None), cfg.image_size)
+    if tests is not None:  # scored before anything is written: a failure leaves no weights without a card
+        scores, _ = score_split([item for item, _ in tests.videos],
+                                lambda: {"student": TorchClassifier(student), "teacher": TorchClassifier(teacher)},
+                                tests.protocol, tests.image_size)
+        if not len(scores["student"].labels):
+            raise UserError(f"no video of the test split of {args.clips} could be decoded: "
+                            f"give --clips a dataset folder whose test videos are readable")
         card["accuracy"] = {"test": {name: {"top1": round(s.topk(1), 2), "top5": round(s.topk(5), 2), "videos": len(s.labels)}
                                      for name, s in scores.items()}}
         card["accuracy"]["test"]["top1_agreement_with_teacher"] = round(scores["student"].agreement(scores["teacher"]), 2)
+    save(student, out)
     write_text(out.with_suffix(".yaml"), yaml.safe_dump(card, sort_keys=False))
     Console().print(f"{name} {'QAT' if args.qat else 'distilled'} from {teacher.cfg.arch} in {minutes:.1f} min -> {out}"
                     + (f"; test top-1 {card['accuracy']['test']['student']['top1']:.1f}% (teacher "

@@ -26,6 +26,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="vidconv-info",
         description="Parameters and multiply-accumulates (the paper's 'FLOPs') of a VidConv model, per stage.",
+        epilog="exit codes:\n  0    the report is printed\n  2    bad input: one line on stderr",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("arch", help=f"architecture: {', '.join(ARCHS)}")
     parser.add_argument("--frames", type=int, default=9, help="frames per clip (a square number unless --grid)")
@@ -38,13 +40,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def parse_grid(text: str | None) -> tuple[int, int] | None:
+    """``--grid ROWSxCOLS`` as (rows, columns), each at least 1; ``None`` when not given."""
     if text is None:
         return None
     try:
         rows, cols = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UserError(f"--grid {text!r} is not ROWSxCOLS: write e.g. --grid 2x3") from None
+    if min(rows, cols) < 1:
+        raise UserError(f"--grid {text} has no frames: give at least one row and one column, e.g. --grid 2x3")
     return rows, cols
+
+
+def check_shape(frames: int, grid: tuple[int, int] | None, classes: int) -> None:
+    """Counts the config would refuse with its own (Python-argument) wording, or with a traceback (negative frames)."""
+    if frames < 1:
+        raise UserError(f"--frames {frames} is not a frame count: give --frames 1 or more, e.g. --frames 9")
+    if grid is not None and grid[0] * grid[1] != frames:
+        raise UserError(f"--grid {grid[0]}x{grid[1]} holds {grid[0] * grid[1]} frames, not --frames {frames}: "
+                        f"give --frames {grid[0] * grid[1]}")
+    if classes < 1:
+        raise UserError(f"--classes {classes} is not a class count: give --classes 1 or more, e.g. --classes 400")
 
 
 def report(cfg: ViCConfig, parts: list[PartCost]) -> dict[str, object]:
@@ -89,9 +105,11 @@ def print_table(cfg: ViCConfig, parts: list[PartCost], console: Console) -> None
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
+    grid = parse_grid(args.grid)
+    check_shape(args.frames, grid, args.classes)
     cfg = make_config(
         args.arch, num_classes=args.classes, frames=args.frames, image_size=args.image_size,
-        neck=not args.no_neck, grid=parse_grid(args.grid),
+        neck=not args.no_neck, grid=grid,
     )
     parts = measure(cfg)
     if args.json:

@@ -19,12 +19,17 @@ from rich.table import Table
 
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.data.synthetic import SPLITS, SyntheticSpec, check_out_dir, generate
+from vidconv_deploy.errors import UserError
 
 DEFAULTS = SyntheticSpec()
+EXIT_CODES = """exit codes:
+  0    the dataset is written
+  2    bad input (refused before anything is written) or a tool error: one line on stderr
+  130  interrupted: run the same command again (it recognises the unfinished dataset)"""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vidconv-make-data", description=__doc__,
+    parser = argparse.ArgumentParser(prog="vidconv-make-data", description=__doc__.replace("``", ""), epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"random seed (default {DEFAULTS.seed})")
@@ -39,8 +44,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse counts that make no dataset, in flag words, before any folder is touched."""
+    for flag in ("seed", *SPLITS):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} {getattr(args, flag)} is negative: give --{flag} 0 or more")
+    if not sum(getattr(args, split) for split in SPLITS):
+        raise UserError("--train 0 --val 0 --test 0 would write an empty dataset: give at least one of them 1 or more")
+    if args.size < 32 or args.size % 2:
+        raise UserError(f"--size {args.size} is not supported: use an even size of at least 32 (yuv420p halves it)")
+    if args.fps < 1:
+        raise UserError(f"--fps {args.fps} is not a frame rate: give --fps 1 or more, e.g. --fps 12")
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs} runs nothing: give --jobs 1 or more")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
+    check_args(args)
     spec = SyntheticSpec(seed=args.seed, train=args.train, val=args.val, test=args.test, size=args.size, fps=args.fps)
     check_out_dir(args.out, args.force)  # refuse a wrong folder before the progress bar starts
     console = Console(stderr=True)
@@ -48,8 +69,12 @@ def _main(argv: Sequence[str] | None) -> int:
     columns = (TextColumn("writing videos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("videos", total=total)
-        result = generate(args.out, spec, force=args.force, jobs=max(1, args.jobs),
-                          on_video=lambda: progress.advance(task))
+        try:
+            result = generate(args.out, spec, force=args.force, jobs=args.jobs,
+                              on_video=lambda: progress.advance(task))
+        except OSError as err:  # e.g. the disk filled up: videos are written atomically, a rerun finds no half-written one
+            raise UserError(f"cannot write the dataset into {args.out} ({err.strerror or err}): "
+                            f"free some space or choose another --out, then run again") from None
     table = Table(title=f"synthetic motion dataset in {result.out}")
     for column in ("split", "videos", "list"):
         table.add_column(column)

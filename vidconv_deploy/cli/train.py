@@ -3,14 +3,21 @@
 AdamW, warm-up then cosine decay, drop path (paper section 4.2); no left-right flip, because the
 synthetic dataset's classes include left and right motion. After training it scores the test
 split with normal, reversed and shuffled frame order (paper Table 10) and writes the weights
-(safetensors with the config) and a model card (YAML) beside them. ``--resume`` continues a
-killed run from the state file written after every epoch.
+(safetensors with the config) and a model card (YAML) beside them, by default under ``runs/``:
+the shipped ``models/`` folder is written only when ``--out`` names it.
+
+The state of the run (weights, optimizer, epochs done, settings) is saved to ``OUT.state.pt``
+after every epoch, so a killed run continues with ``--resume``, which refuses a state whose
+settings (data, architecture, hyper-parameters) differ from the flags given: the model card
+always describes the weights. Without ``--resume`` the state of an unfinished run is an error
+(continue it or delete it); a finished run's state is replaced, with a note.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,17 +31,26 @@ from rich.console import Console
 from vidconv_deploy.atomic import write_text
 from vidconv_deploy.checkpoints import save_checkpoint
 from vidconv_deploy.cli.common import run_main
-from vidconv_deploy.data.dataset import TrainClips, eval_clips, train_clips
-from vidconv_deploy.data.sources import open_split
+from vidconv_deploy.data.dataset import EvalClips, TrainClips, protocol_for
+from vidconv_deploy.data.sources import list_digest, open_split
+from vidconv_deploy.errors import UserError
 from vidconv_deploy.evaluate.classifiers import TorchClassifier
 from vidconv_deploy.evaluate.run import ORDERS, score_videos
 from vidconv_deploy.models.config import arch_names
 from vidconv_deploy.models.vidconv import VidConv, build_model
-from vidconv_deploy.train.loop import TrainConfig, fit
+from vidconv_deploy.train.loop import Settings, TrainConfig, fit, open_state
+
+#: The --help epilog of the training commands: what their exit status means.
+EXIT_CODES = """exit codes:
+  0    trained: the weights and the model card are written
+  2    bad input (refused before anything is written) or a tool error: one line on stderr
+  130  interrupted: the finished epochs stay in OUT.state.pt, rerun with --resume"""
+#: Where runs go unless --out says otherwise: never the shipped models/ folder.
+RUNS = Path("runs")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vidconv-train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="vidconv-train", description=__doc__.replace("``", ""), epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="dataset folder with train/val/test lists (vidconv-make-data)")
     parser.add_argument("--arch", default="vic-nano", help=f"architecture: {', '.join(arch_names())} (default vic-nano)")
@@ -42,12 +58,63 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="clips per step (default 16)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
-    parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (default 0.1)")
+    parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate, 0 to below 1 (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, clip sampling and order (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("models/vic-nano.safetensors"),
-                        help="weights file; the model card goes beside it as .yaml (default models/vic-nano.safetensors)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT.state.pt if a run was interrupted")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", type=Path,
+                        help=f"weights file (.safetensors); the model card goes beside it as .yaml and the state as "
+                             f".state.pt (default {RUNS}/<arch>.safetensors)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT.state.pt; it must have been started with the same --data, --arch, "
+                             "--epochs, --batch, --lr, --weight-decay, --drop-path and --seed (a difference is an error)")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RUNS / f"{args.arch}.safetensors"
+    return args
+
+
+def check_training_flags(epochs: int, batch: int, lr: float, seed: int) -> None:
+    """Refuse flags that would train nothing, crash mid-run or diverge, before any work (one line, the fix)."""
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs} would write an untrained model: give --epochs 1 or more")
+    if batch < 1:
+        raise UserError(f"--batch {batch} holds no clips: give --batch 1 or more, e.g. --batch 16")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr {lr} is not a learning rate: give a positive number, e.g. --lr 0.002")
+    if seed < 0:
+        raise UserError(f"--seed {seed} is negative: give --seed 0 or more")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` whose weights, card or state would land on a wrong or unwritable path, before any work.
+
+    The card and the state replace the suffix, so a path without ``.safetensors`` could make the
+    card overwrite the weights (``--out model.yaml``).
+    """
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file path, e.g. --out {out / 'model.safetensors'}")
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out} does not end in .safetensors: write e.g. --out {out.with_suffix('.safetensors')}")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--out {out} is under {folder}, which is a file: choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {folder}: choose a writable --out")
+
+
+def require_videos(clips: TrainClips | EvalClips, split: str, data: Path) -> None:
+    """An empty split (every listed video unusable) is an error: training or scoring nothing is no result."""
+    if not len(clips):
+        raise UserError(f"no usable videos in the {split} split of {data} ({clips.skips.counts()}): "
+                        f"give --data a dataset folder whose {split} videos are readable (vidconv-make-data writes one)")
+
+
+def settings_of(args: argparse.Namespace, train_digest: str) -> Settings:
+    """What defines a training run, by flag: a resumed run must have all of it unchanged."""
+    return {"--data": str(args.data.resolve()), "--data train list": train_digest, "--arch": args.arch,
+            "--epochs": args.epochs, "--batch": args.batch, "--lr": args.lr, "--weight-decay": args.weight_decay,
+            "--drop-path": args.drop_path, "--seed": args.seed}
 
 
 def batches(dataset: TrainClips, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -64,12 +131,13 @@ def batches(dataset: TrainClips, batch: int) -> Iterator[tuple[torch.Tensor, tor
         yield torch.stack(clips), torch.tensor(labels)
 
 
-def accuracy(model: VidConv, data: Path, split: str, order: str = "normal") -> dict[str, float]:
-    """Top-1/top-5 of ``model`` on a split (all test views per video), with frames in ``order``."""
-    cfg = model.cfg
-    videos = eval_clips(data, cfg.frames, cfg.image_size, split=split)
+def accuracy(model: VidConv, videos: EvalClips, split: str, order: str = "normal") -> dict[str, float]:
+    """Top-1/top-5 of ``model`` on a split's videos (all test views per video), with frames in ``order``."""
     scores = score_videos({"model": TorchClassifier(model)}, videos, total=len(videos), order=order,
                           description=f"{split} ({order})")["model"]
+    if not len(scores.labels):  # every video failed while decoding: a figure of nothing is no figure
+        raise UserError(f"no video of the {split} split could be decoded ({videos.skips.counts()}): "
+                        f"give --data a dataset folder whose {split} videos are readable")
     return {"top1": round(scores.topk(1), 2), "top5": round(scores.topk(5), 2), "videos": int(len(scores.labels))}
 
 
@@ -93,11 +161,29 @@ def model_card(args: argparse.Namespace, model: VidConv, classes: Sequence[str],
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
-    classes = open_split(args.data, "train").classes
+    check_training_flags(args.epochs, args.batch, args.lr, args.seed)
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise UserError(f"--weight-decay {args.weight_decay} is not a decay: give 0 or more, e.g. --weight-decay 0.05")
+    if not 0 <= args.drop_path < 1:
+        raise UserError(f"--drop-path {args.drop_path} is not a rate: give a number from 0 to below 1, e.g. --drop-path 0.1")
+    if args.arch not in arch_names():
+        raise UserError(f"--arch {args.arch} is not an architecture: choose one of {', '.join(arch_names())}")
+    check_out(args.out)
+    sources = {split: open_split(args.data, split) for split in ("train", "val", "test")}  # every list, before any work
+    settings = settings_of(args, list_digest(sources["train"], args.data))
+    state_path = args.out.with_suffix(".state.pt")
+    resume = open_state(state_path, args.resume, settings)
+    classes = sources["train"].classes
     torch.manual_seed(args.seed)
     model = build_model(args.arch, num_classes=len(classes), drop_path_rate=args.drop_path)
     cfg = model.cfg
-    dataset = train_clips(args.data, cfg.frames, cfg.image_size, seed=args.seed)
+    dataset = TrainClips(sources["train"].items, protocol_for(sources["train"], cfg.frames, None), cfg.image_size,
+                         seed=args.seed)
+    require_videos(dataset, "train", args.data)
+    evaluation = {split: EvalClips(sources[split].items, protocol_for(sources[split], cfg.frames, None), cfg.image_size)
+                  for split in ("val", "test")}
+    for split, videos in evaluation.items():
+        require_videos(videos, split, args.data)
     steps = math.ceil(len(dataset) / args.batch)
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=steps, lr=args.lr, weight_decay=args.weight_decay)
 
@@ -109,11 +195,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return F.cross_entropy(m(clips), labels)
 
     start = time.perf_counter()
-    state = fit(model, config, epoch_batches, loss, state_path=args.out.with_suffix(".state.pt") if args.resume else None,
-                on_epoch_end=lambda epoch, m: {f"val_{k}": v for k, v in accuracy(m, args.data, "val").items()},
+    state = fit(model, config, epoch_batches, loss, state_path=state_path, settings=settings, resume=resume,
+                on_epoch_end=lambda epoch, m: {f"val_{k}": v for k, v in accuracy(m, evaluation["val"], "val").items()},
                 description=f"training {cfg.arch}")
     minutes = (time.perf_counter() - start) / 60
-    test = {order: accuracy(model, args.data, "test", order) for order in ORDERS}
+    test = {order: accuracy(model, evaluation["test"], "test", order) for order in ORDERS}
     save_checkpoint(model, args.out)
     card = model_card(args, model, classes, state.history, minutes, test)
     card["data"]["skipped_videos"] = dataset.skips.to_dict()

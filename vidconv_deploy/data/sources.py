@@ -9,6 +9,7 @@ Missing or broken video files are not an error here: the dataset skips and count
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -61,13 +62,32 @@ def scan_folder(root: str | os.PathLike[str]) -> VideoSource:
     return VideoSource(tuple(items), tuple(d.name for d in class_dirs))
 
 
+def list_digest(source: VideoSource, root: str | os.PathLike[str]) -> str:
+    """A short hash of which videos ``source`` lists (paths relative to ``root``) with which labels.
+
+    A resumed training run compares it with its state's: a dataset regenerated in the same folder
+    (another seed gives the same file names with other labels) must not silently continue a run.
+    """
+    text = "".join(f"{os.path.relpath(item.path, root)} {item.label}\n" for item in source.items)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _read_text(path: Path, what: str, fix: str) -> str:
+    """A text file's contents; unreadable or non-UTF-8 files are a one-line :class:`UserError` naming the fix."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path} ({err.strerror}): {fix}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                        f"save it as UTF-8") from None
+
+
 def read_classes(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Class names, one per line (line i = class i)."""
     path = Path(path)
-    try:
-        names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except OSError as err:
-        raise UserError(f"cannot read class list {path} ({err.strerror}): write one class name per line") from None
+    text = _read_text(path, "class list", "write one class name per line")
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not names:
         raise UserError(f"class list {path} is empty: write one class name per line")
     return names
@@ -85,10 +105,7 @@ def read_annotations(
     """
     list_file = Path(list_file)
     root = list_file.parent if root is None else Path(root)
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise UserError(f"cannot read annotation list {list_file} ({err.strerror}): check the path") from None
+    lines = _read_text(list_file, "annotation list", "check the path").splitlines()
     items = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -126,8 +143,11 @@ def open_split(dataset_dir: str | os.PathLike[str], split: str) -> VideoSource:
     meta_file = dataset_dir / "dataset.json"
     protocol = None
     if meta_file.is_file():
+        text = _read_text(meta_file, "dataset description", "regenerate the dataset or delete the file")
         try:
-            protocol = json.loads(meta_file.read_text(encoding="utf-8")).get("protocol")
+            protocol = json.loads(text).get("protocol")
         except (json.JSONDecodeError, AttributeError):
             raise UserError(f"{meta_file} is not a JSON object: regenerate the dataset or delete the file") from None
+        if protocol is not None and not isinstance(protocol, str):
+            raise UserError(f"{meta_file}: 'protocol' is {protocol!r}, not a name: write \"ssv2\" or \"kinetics\"")
     return dataclasses.replace(source, protocol=protocol)

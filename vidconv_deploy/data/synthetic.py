@@ -265,10 +265,27 @@ def is_dataset_dir(path: Path) -> bool:
         OWN_VIDEO.fullmatch(p.name) for split in SPLITS if (path / split).is_dir() for p in (path / split).iterdir())
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse a folder (or, if it does not exist yet, its nearest existing parent) this process cannot write.
+
+    Checked up front so that a read-only folder is one line before any video is rendered, not a
+    traceback from a worker process; ``os.access`` also answers for read-only mounts, where even
+    root cannot write.
+    """
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--out {out} is under {folder}, which is a file: give a folder path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {folder} (read-only): choose a writable --out folder")
+
+
 def check_out_dir(out: Path, force: bool) -> bool:
-    """Refuse a non-empty folder that is not a previous dataset unless ``force``; True if it is one."""
+    """Refuse a non-empty folder that is not a previous dataset unless ``force``, or one that cannot be written; True if it is one."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder path")
+    _check_writable(out)
     if not out.exists() or not any(out.iterdir()):
         return False
     if is_dataset_dir(out):

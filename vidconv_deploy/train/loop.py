@@ -1,14 +1,16 @@
 """One training loop for training, distillation and QAT: progress bar, schedule, resumable state.
 
-The state (weights, optimizer, schedule, epoch, history, RNG) is saved atomically after every epoch
-and loaded with ``weights_only=True``, so a run that is killed resumes where it stopped and a state
-file from elsewhere can never run code.
+The state (weights, optimizer, schedule, epoch, history, RNG, and the run's settings) is saved
+atomically after every epoch and loaded with ``weights_only=True``, so a run that is killed resumes
+where it stopped and a state file from elsewhere can never run code. The settings (data folder,
+architecture, hyper-parameters) are stored so that a resumed run can prove it continues the same
+run: resuming with other settings would train a model that no model card could describe.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ from vidconv_deploy.train.optim import adamw, warmup_cosine
 Batch = tuple[torch.Tensor, torch.Tensor]
 #: ``loss_fn(model, clips, labels) -> scalar loss``: what one step minimises.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: What defines a run, as the command line names it: ``{"--lr": 0.002, "--data": "/abs/path", ...}``.
+#: Values are str, int, float or bool, which ``torch.load(weights_only=True)`` reads back.
+Settings = Mapping[str, str | int | float | bool]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,15 +52,109 @@ class TrainState:
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
-def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState) -> None:
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """What a state file says about its run without loading it into a model: epochs done and planned, settings."""
+
+    epoch: int
+    epochs: int | None
+    settings: dict[str, Any] | None
+
+    @property
+    def finished(self) -> bool:
+        """Every planned epoch is done: the state holds nothing the run's weights file does not."""
+        return self.epochs is not None and self.epoch >= self.epochs
+
+
+def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState,
+                epochs: int, settings: Settings | None) -> None:
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "epoch": state.epoch, "history": state.history, "rng": torch.get_rng_state()}, tmp)
+                    "epoch": state.epoch, "epochs": epochs, "history": state.history, "rng": torch.get_rng_state(),
+                    "settings": None if settings is None else dict(settings)}, tmp)
 
 
-def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> TrainState:
+def _read(path: Path) -> dict[str, Any]:
+    """The state file's contents; an unreadable or foreign file is one line and the fix."""
     try:
+        with path.open("rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive; anything else is not our state
+                raise ValueError("it is not a PyTorch file")
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or not {"model", "optimizer", "scheduler", "epoch", "history", "rng"} <= set(saved):
+            raise ValueError("it is not a training state written by vidconv-deploy")
+    except Exception as err:  # torch raises many types for foreign files; each means "not our state"
+        raise UserError(f"cannot resume from {path}: {(str(err).strip() or type(err).__name__).splitlines()[0][:200]}; "
+                        f"delete it to start afresh") from None
+    return saved
+
+
+def saved_run(path: Path) -> SavedRun | None:
+    """The run a state file holds (``None`` when there is no file), read safely, without a model."""
+    if not path.exists():
+        return None
+    saved = _read(path)
+    settings, epochs = saved.get("settings"), saved.get("epochs")
+    return SavedRun(int(saved["epoch"]), int(epochs) if isinstance(epochs, int) else None,
+                    dict(settings) if isinstance(settings, dict) else None)
+
+
+def _shown(value: object) -> str:
+    """A setting as a command line reads: a switch is on or off, an unset option is (none)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "(none)" if value is None or value == "" else str(value)
+
+
+def check_settings(path: Path, saved: Mapping[str, Any] | None, given: Settings) -> None:
+    """Refuse to resume a run under other settings, naming each difference (flag, the state's value, the given one).
+
+    Every setting counts: a changed learning rate, batch or epoch count changes the schedule, and
+    other data or another architecture make the resumed weights something no model card describes.
+    """
+    if saved is None:
+        raise UserError(f"cannot resume from {path}: it does not record the settings of its run (written by an older "
+                        f"vidconv-deploy); delete it to start afresh")
+    differences = [f"{name} {_shown(saved.get(name))} in the state, {_shown(value)} given"
+                   for name, value in given.items() if saved.get(name) != value]
+    differences += [f"{name} {_shown(value)} in the state, not given" for name, value in saved.items() if name not in given]
+    if differences:
+        raise UserError(f"cannot resume from {path}: it is a run with other settings ({'; '.join(differences)}): "
+                        f"repeat the flags of that run, or delete the file to start afresh")
+
+
+def open_state(path: Path, resume: bool, settings: Settings) -> bool:
+    """The resume policy of the training commands, applied before any work: whether to continue the saved run.
+
+    The state of an interrupted run is never discarded silently: without ``--resume`` an unfinished
+    run's state is an error (continue it, or delete it); a finished run's state (kept after its
+    weights and card are written) holds nothing more than they do and is replaced, with a note.
+    With ``--resume`` the state must come from a run with the same ``settings``; without a state
+    file there is nothing to continue and the run starts afresh, with a note.
+    """
+    run = saved_run(path)
+    notes = Console(stderr=True)
+    if run is None:
+        if resume:
+            notes.print(f"no state at {path}: starting afresh")
+        return False
+    if not resume:
+        if not run.finished:
+            done = f"{run.epoch} of {run.epochs}" if run.epochs is not None else str(run.epoch)
+            raise UserError(f"{path} holds an unfinished run ({done} epochs done): pass --resume to continue it, "
+                            f"or delete the file to start afresh")
+        notes.print(f"replacing the state of a finished run in {path}")
+        return False
+    check_settings(path, run.settings, settings)
+    return True
+
+
+def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                settings: Settings | None) -> TrainState:
+    saved = _read(path)
+    if settings is not None:
+        check_settings(path, saved.get("settings"), settings)
+    try:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -79,11 +178,16 @@ def fit(
     state_path: Path | None = None,
     on_epoch_end: Callable[[int, nn.Module], dict[str, float]] | None = None,
     description: str = "training",
+    settings: Settings | None = None,
+    resume: bool = True,
 ) -> TrainState:
     """Train ``model`` for ``cfg.epochs`` epochs; ``batches(epoch)`` yields that epoch's (clips, labels).
 
-    With ``state_path`` the run resumes from that file when it exists and rewrites it after each
-    epoch. ``on_epoch_end(epoch, model)`` may return figures (e.g. validation accuracy) for the history.
+    With ``state_path`` the state is rewritten after each epoch and, if ``resume``, the run continues
+    from that file when it exists (``resume=False`` starts afresh and replaces it; see
+    :func:`open_state`). ``settings`` are stored in the state and, when resuming, must equal the
+    stored ones (:func:`check_settings`). ``on_epoch_end(epoch, model)`` may return figures (e.g.
+    validation accuracy) for the history.
     """
     # Channels-last weights make PyTorch's CPU convs (the depthwise ones above all) 2-4x faster here.
     model.to(memory_format=torch.channels_last)
@@ -91,8 +195,8 @@ def fit(
     total = cfg.epochs * cfg.steps_per_epoch
     scheduler = warmup_cosine(optimizer, max(1, round(cfg.warmup_epochs * cfg.steps_per_epoch)), total)
     state = TrainState()
-    if state_path is not None and state_path.exists():
-        state = _load_state(state_path, model, optimizer, scheduler)
+    if resume and state_path is not None and state_path.exists():
+        state = _load_state(state_path, model, optimizer, scheduler, settings)
     with progress_bar() as progress:
         task = progress.add_task(description, total=total, completed=state.epoch * cfg.steps_per_epoch, info="")
         for epoch in range(state.epoch, cfg.epochs):
@@ -116,6 +220,6 @@ def fit(
             state.history.append(record)
             state.epoch = epoch + 1
             if state_path is not None:
-                _save_state(state_path, model, optimizer, scheduler, state)
+                _save_state(state_path, model, optimizer, scheduler, state, cfg.epochs, settings)
     model.eval()
     return state
