@@ -25,10 +25,11 @@ import torch
 
 from vidconv_deploy import build_model
 from vidconv_deploy.data.calibration import calibration_clips
-from vidconv_deploy.export.bundle import Bundle
-from vidconv_deploy.export.dpu_pipeline import export_dpu_bundle, streaming_feeds
 from vidconv_deploy.export.onnx_export import ort_session
 from vidconv_deploy.reference import run_reference
+from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
+from vidconv_deploy.targets.export import export_bundle
+from vidconv_deploy.targets.registry import get_target
 
 
 def rss_bytes() -> int:
@@ -57,17 +58,6 @@ class PeakRss:
         record["peak_rss_mib"] = round(self.peak / 2**20, 1)
 
 
-class MeasuredBundle(Bundle):
-    """A bundle whose every step also records the peak RSS inside it."""
-
-    rss: PeakRss
-
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[dict[str, Any]]:
-        with super().step(name) as record, self.rss.window(record):
-            yield record
-
-
 def seconds(fn, repeat: int) -> float:
     start = time.perf_counter()
     for _ in range(repeat):
@@ -88,17 +78,20 @@ def main() -> None:
     rss = PeakRss()
     clips, source, _ = calibration_clips(None, cfg.frames, cfg.image_size, args.calib_clips)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = MeasuredBundle(Path(tmp), args.target)
-        bundle.rss = rss
+        options = argparse.Namespace(eval=None, calib=None, calib_clips=len(clips))
+        values = {"calibration": {"clips": clips, "source": source}, "class_names": [f"c{i}" for i in range(10)]}
         start = time.perf_counter()
-        result = export_dpu_bundle(model, bundle, args.target, clips, [f"c{i}" for i in range(10)], source)
+        outcome = export_bundle(get_target(args.target), model, {"source": "random"}, options, Path(tmp), values,
+                                observer=rss.window)
         total = time.perf_counter() - start
         import onnx
 
-        early, later = (onnx.load(str(Path(tmp) / f"{g}.onnx")) for g in ("early", "later"))
-        q_early, q_later = (onnx.load(str(Path(tmp) / "quant" / f"{g}.onnx")) for g in ("early", "later"))
+        bundle_dir = outcome.directory
+        bundle = outcome.context.bundle
+        early, later = (onnx.load(str(bundle_dir / f"{g}.onnx")) for g in ("early", "later"))
+        q_early, q_later = (onnx.load(str(bundle_dir / "quant" / f"{g}.onnx")) for g in ("early", "later"))
         calib_start = time.perf_counter()
-        frames, collages = streaming_feeds(early, later, clips, cfg.grid)
+        frames, collages = StreamingSplit(cfg.grid, OnnxRuntimeRunner(early), OnnxRuntimeRunner(later)).feeds(clips)
         calib_forward = time.perf_counter() - calib_start
         speed = {}
         for name, fp32, quant, feed in (("early", early, q_early, frames[0]), ("later", later, q_later, collages[0])):
@@ -115,7 +108,7 @@ def main() -> None:
         "export_over_calibration_forward": round(total / calib_forward, 2), "goal_export_over_calibration": 4,
         "steps": [{k: v for k, v in s.items() if k in ("name", "status", "seconds", "peak_rss_mib")} for s in bundle.steps],
         "integer_reference_vs_onnxruntime_fp32": speed, "goal_reference_ratio": 4,
-        "bit_exact": {g: r["bit_exact_vs_onnxruntime"] for g, r in result.reference.items()},
+        "bit_exact": {g: r["bit_exact_vs_onnxruntime"] for g, r in outcome.context.fields["reference"].items()},
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }, indent=2))
 

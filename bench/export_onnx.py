@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from vidconv_deploy import build_model
-from vidconv_deploy.export.bundle import Bundle
-from vidconv_deploy.export.pipeline import export_onnx_bundle
+from vidconv_deploy.targets.export import export_bundle
+from vidconv_deploy.targets.registry import get_target
 
 
 def main() -> None:
@@ -34,11 +34,12 @@ def main() -> None:
         model(clip)
     forward_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = Bundle(Path(tmp), "onnx")
         start = time.perf_counter()
-        verification, _ = export_onnx_bundle(model, bundle)
+        outcome = export_bundle(get_target("onnx"), model, {"source": "random"}, argparse.Namespace(), Path(tmp))
         total_s = time.perf_counter() - start
+        bundle = outcome.context.bundle
         sizes = {role: art["bytes"] for role, art in bundle.artifacts.items()}
+        verification = outcome.context.fields["verification"]
     print(json.dumps({
         "arch": args.arch,
         "image_size": args.image_size,

@@ -21,7 +21,7 @@ from vidconv_deploy.export.onnx_export import MethodModule, export_graph, relati
 from vidconv_deploy.export.passes import (
     STANDARD_PASSES, FoldLayerScale, FoldNeckBatchNorm, FoldTemporalScale, TileAsConcat, apply_passes,
 )
-from vidconv_deploy.export.pipeline import DEPLOY_FORBIDDEN, STREAMING_FORBIDDEN
+from vidconv_deploy.export.onnx_export import DEPLOY_FORBIDDEN, STREAMING_FORBIDDEN
 
 TOL = 1e-5
 TINY = {"dims": (8, 16, 24, 32), "depths": (1, 1, 2, 1), "neck_dim": 40}
@@ -145,12 +145,13 @@ def test_streaming_graphs_hold_no_rearrangement_and_compose_to_the_model():
                          STREAMING_FORBIDDEN)
     assert early.input_shape == (1, 3, 64, 64) and early.output_shape == (1, 24, 4, 4)
     assert later.input_shape == (1, 24, 12, 12)
-    from vidconv_deploy.export.pipeline import streaming_logits
+    from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
 
     clip = clip_for(model)
     with torch.no_grad():
         expected = model(clip).numpy()
-    assert relative_error(streaming_logits(early, later, clip.numpy(), (3, 3)), expected) <= TOL
+    split = StreamingSplit((3, 3), OnnxRuntimeRunner(early.model), OnnxRuntimeRunner(later.model))
+    assert relative_error(split.run_clip(clip.numpy()).logits, expected) <= TOL
 
 
 def test_node_names_say_stage_block_and_role():
@@ -210,7 +211,9 @@ def test_bundle_graphs_are_static_and_checked(bundle):
     assert compliance["target"] == "onnx" and compliance["compliant"] is True
 
 
-def test_failed_export_leaves_no_manifest(tmp_path, monkeypatch):
+def test_failed_export_leaves_no_manifest(tmp_path, monkeypatch, capsys):
+    """A tool error mid-export is one line and exit 2; the bundle an earlier run finished stays byte for byte,
+    and neither a new manifest nor the staging folder is left (issue 12: built beside, swapped in when complete)."""
     out = tmp_path / "out"
     (out / "vic-t-onnx").mkdir(parents=True)
     (out / "vic-t-onnx" / "manifest.json").write_text("{}")  # from an earlier run
@@ -220,11 +223,14 @@ def test_failed_export_leaves_no_manifest(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr("vidconv_deploy.export.pipeline.check_model", broken)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        export_main(["--checkpoint", str(ckpt), "--out", str(out)])
+    monkeypatch.setattr("vidconv_deploy.targets.onnx_steps.check_model", broken)
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert errors == [err.splitlines()[-1]] and "RuntimeError: simulated crash" in errors[0] and "Traceback" not in err
     names = sorted(p.name for p in (out / "vic-t-onnx").iterdir())
-    assert "manifest.json" not in names and not [n for n in names if n.endswith(".tmp")]
+    assert names == ["manifest.json"] and (out / "vic-t-onnx" / "manifest.json").read_text() == "{}"
+    assert sorted(p.name for p in out.iterdir()) == ["vic-t-onnx"]
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -16,11 +16,10 @@ from vidconv_deploy import build_model  # noqa: E402
 from vidconv_deploy.cli.evaluate import main as eval_main  # noqa: E402
 from vidconv_deploy.cli.export import main as export_main  # noqa: E402
 from vidconv_deploy.errors import UserError  # noqa: E402
-from vidconv_deploy.export.bundle import Bundle  # noqa: E402
 from vidconv_deploy.finn.boards import RESOURCES  # noqa: E402
 from vidconv_deploy.finn.checkpoint import load_finn_checkpoint, save_finn_checkpoint  # noqa: E402
 from vidconv_deploy.finn.model import value  # noqa: E402
-from vidconv_deploy.finn.pipeline import export_finn_bundle, export_qonnx, prepare_model  # noqa: E402
+from vidconv_deploy.finn.pipeline import export_qonnx, prepare_model  # noqa: E402
 
 ROLES = {f"{kind}_{graph}" for kind in ("qonnx", "finn_streamlined", "finn_dataflow", "folding_config")
          for graph in ("early", "later")} | {"finn_report", "finn_log", "finn_build", "finn_checkpoint", "float_checkpoint",
@@ -113,11 +112,11 @@ def test_markdown_report_has_fit_table_cycles_plots_and_accuracy(nano):
         assert f"report_files/finn_cycles_{graph}.png" in text
 
 
-@pytest.mark.parametrize(("board", "bits", "message"), [("kv250", "w4a4", "did you mean kv260"),
+@pytest.mark.parametrize(("board", "bits", "message"), [("kv250", "w4a4", "did you mean finn-kv260"),
                                                          ("kv260", "w4", "wXaY")])
-def test_bad_arguments(tmp_path, board, bits, message):
-    with pytest.raises(UserError, match=message):
-        export_finn_bundle(Bundle(tmp_path / "b", "finn-x"), build_model("vic-nano-dpu", num_classes=4), board, bits)
+def test_bad_arguments(tmp_path, board, bits, message, capsys):
+    assert export_main(["--target", f"finn-{board}", "--bits", bits, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_accuracy_of_float_and_finn_models_in_the_manifest_and_from_vidconv_eval(nano, tiny_dataset):
@@ -139,7 +138,7 @@ def test_finn_checkpoint_round_trip_and_reexport(nano, tmp_path, tiny_dataset):
     with torch.no_grad():
         assert torch.equal(value(model(clips)), value(load_finn_checkpoint(tmp_path / "again.safetensors")(clips)))
     with pytest.raises(UserError, match="not w8a8: pass --bits w4a4"):
-        export_finn_bundle(Bundle(tmp_path / "b", "finn-kv260"), model, "kv260", "w8a8")
+        prepare_model(model, "w8a8", None, 0)
     ready, source, _, facts = prepare_model(load_finn_checkpoint(out / "finn_model.safetensors"), "w4a4", None, 0)
     assert source is None and "used as is" in facts["source"]
     for part in ("early", "later"):  # a freshly loaded Brevitas model exports only after one forward pass

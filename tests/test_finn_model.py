@@ -11,7 +11,7 @@ from vidconv_deploy.checkpoints import load_model, save_checkpoint
 from vidconv_deploy.cli.export import finn_teacher
 from vidconv_deploy.cli.finetune import main as finetune_main
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.finn.boards import BOARDS, get_board
+from vidconv_deploy.finn.boards import finn_targets, get_board
 from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
 from vidconv_deploy.finn.layer_error import quantizer_sqnr
 from vidconv_deploy.finn.model import Bits, FinnViC, calibrate, from_float, tile_to_collage, value
@@ -185,16 +185,16 @@ def test_boards():
     kv260 = get_board("finn-kv260")
     assert kv260.part == "xck26-sfvc784-2LV-c" and kv260.budget["BRAM_18K"] == 2 * 144  # 144 BRAM36 tiles
     assert get_board("pynq-z2").budget["URAM"] == 0 and not get_board("vck190").zynq_shell
-    assert set(BOARDS) == {"kv260", "zcu104", "pynq-z2", "vck190"}
+    assert set(finn_targets()) == {"finn-kv260", "finn-zcu104", "finn-pynq-z2", "finn-vck190"}
     with pytest.raises(UserError, match="did you mean kv260"):
         get_board("kv26")
 
 
-def test_export_without_finn_plus_names_the_install_script(tmp_path, monkeypatch):
-    from vidconv_deploy.export.bundle import Bundle
+def test_export_without_finn_plus_names_the_install_script(tmp_path, monkeypatch, capsys):
+    from vidconv_deploy.cli.export import main as export_main
     from vidconv_deploy.finn import finn_env
-    from vidconv_deploy.finn.pipeline import export_finn_bundle
 
     monkeypatch.setattr(finn_env, "finn_installed", lambda: False)
-    with pytest.raises(UserError, match="scripts/finn-install.sh"):
-        export_finn_bundle(Bundle(tmp_path / "b", "finn-kv260"), float_model(), "kv260")
+    assert export_main(["--target", "finn-kv260", "--out", str(tmp_path / "out")]) == 2
+    assert "scripts/finn-install.sh" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,11 +1,14 @@
-"""``vidconv-check MODEL.onnx --target T``: does this ONNX model map onto the target hardware?
+"""vidconv-check MODEL.onnx --target T: does this ONNX model map onto the target hardware?
 
-Exit codes: 0 compliant, 1 rule violations, 2 unreadable input or unknown target.
+T is any vidconv-export target (vidconv-export --list-targets: its rule set is checked) or a rule
+set of its own (finn: FINN's op rules without a board). Exit codes: 0 compliant; 1 rule
+violations; 2 an unreadable or invalid model, an unknown target, or a file that cannot be written.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,22 +19,41 @@ from vidconv_deploy.atomic import write_text
 from vidconv_deploy.check import check_model, list_targets
 from vidconv_deploy.check.report import junit_xml, print_table
 from vidconv_deploy.cli.common import run_main
+from vidconv_deploy.errors import UserError
+from vidconv_deploy.targets.registry import get_target, target_names
 
 PROG = "vidconv-check"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Check an ONNX model against a hardware target's op rules and predict its DPU/CPU partition.")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="the .onnx model")
-    p.add_argument("--target", required=True, help=f"one of: {', '.join(list_targets())}")
+    p.add_argument("--target", required=True, help=f"one of: {', '.join(target_choices())}")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for CI)")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report to FILE")
     return p
 
 
+def target_choices() -> list[str]:
+    """The export targets, then the rule sets that are not also a target's name."""
+    targets = target_names()
+    return [*targets, *(r for r in list_targets() if r not in targets)]
+
+
+def rule_set_of(name: str) -> str:
+    """The rule set a ``--target`` name means: an export target's, or a rule set named directly."""
+    if name in target_names():
+        return get_target(name).ruleset.name
+    if name in list_targets():
+        return name
+    close = difflib.get_close_matches(name, target_choices(), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(target_choices())}"
+    raise UserError(f"unknown target {name!r}: {hint}")
+
+
 def _body(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    result = check_model(args.model, args.target)
+    result = check_model(args.model, rule_set_of(args.target))
     if args.junit:
         write_text(args.junit, junit_xml(result))
     if args.json:

@@ -19,7 +19,6 @@ from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.bundle import MANIFEST
 from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner
-from vidconv_deploy.runners.streaming import collage as collage  # export/dpu_pipeline.py imports it from here
 
 #: ``clips (N, L, 3, H, W) -> logits (N, classes)``.
 ClipClassifier = Callable[[np.ndarray], np.ndarray]

@@ -22,6 +22,10 @@ from torch import nn
 OPSET = 17
 #: Shape-computation and control-flow ops a static deploy graph must not contain.
 SHAPE_OPS = frozenset({"Shape", "Gather", "ConstantOfShape", "Expand", "Range", "If", "Loop"})
+#: Ops the whole-clip deploy graph must not contain; the streaming graphs also lose the collage's rearrangement,
+#: which the host does.
+DEPLOY_FORBIDDEN = SHAPE_OPS | {"Tile"}
+STREAMING_FORBIDDEN = DEPLOY_FORBIDDEN | {"Transpose", "Reshape"}
 
 
 class MethodModule(nn.Module):

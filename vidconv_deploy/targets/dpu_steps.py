@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,35 +24,19 @@ from vidconv_deploy.dpu.board_dir import io_fix_points
 from vidconv_deploy.dpu.compile import COMPILE_DIR, STEP as COMPILE_STEP
 from vidconv_deploy.dpu.report import DpuExport, dpu_report
 from vidconv_deploy.dpu.throughput import peak_throughput
-from vidconv_deploy.evaluate.classifiers import collage
-from vidconv_deploy.export.onnx_export import ort_session
 from vidconv_deploy.quant import quantize_onnx, write_quant_info
 from vidconv_deploy.quant.qdq import QuantResult
 from vidconv_deploy.reference import compare_with_onnxruntime, layer_report, rounding_differences, save_sqnr_plot
+from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun
 from vidconv_deploy.targets.steps import GRAPHS, step
 
 
-def streaming_feeds(early: onnx.ModelProto, later: onnx.ModelProto, clips: Sequence[np.ndarray], grid: tuple[int, int]
-                    ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
-    """Float feeds of both graphs: every frame for the early graph, each clip's host collage for the later one."""
-    session = ort_session(early)
-    later_in = later.graph.input[0].name
-    early_in = session.get_inputs()[0].name
-    frames, collages = [], []
-    for clip in clips:
-        features = []
-        for frame in clip:
-            feed = {early_in: np.ascontiguousarray(frame[None], dtype=np.float32)}
-            frames.append(feed)
-            features.append(session.run(None, feed)[0])
-        collages.append({later_in: collage(features, grid)})
-    return frames, collages
-
-
 def _feeds(ctx: ExportContext) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """Float feeds of both graphs over the calibration set: every frame, and each clip's host collage."""
     graphs = ctx.value("graphs")
-    return streaming_feeds(graphs["early"], graphs["later"], ctx.value("calibration")["clips"], ctx.model.cfg.grid)
+    split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(graphs["early"]), OnnxRuntimeRunner(graphs["later"]))
+    return split.feeds(ctx.value("calibration")["clips"])
 
 
 def _check_feeds(ctx: ExportContext) -> dict[str, list[dict[str, np.ndarray]]]:

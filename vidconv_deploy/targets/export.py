@@ -20,7 +20,7 @@ from vidconv_deploy.export.bundle import MANIFEST, Bundle, staged_bundle
 from vidconv_deploy.targets import dpu_steps, evaluate_step, finn_steps, onnx_steps  # noqa: F401 (registers steps)
 from vidconv_deploy.targets.context import ExportContext
 from vidconv_deploy.targets.registry import Target
-from vidconv_deploy.targets.steps import check_step_name, resolve_steps, run_steps
+from vidconv_deploy.targets.steps import Observer, check_step_name, resolve_steps, run_steps
 from vidconv_deploy.verdict import Check, Verdict
 
 #: Where each family's steps rebuild their values from a finished bundle (--start-from).
@@ -66,11 +66,12 @@ def carry_over(bundle: Bundle, final: Path, previous: dict[str, Any], steps_befo
 
 
 def export_bundle(target: Target, model: Any, weights: dict[str, Any], options: argparse.Namespace, out: Path,
-                  values: dict[str, Any] | None = None, seed: int = 0) -> Outcome:
+                  values: dict[str, Any] | None = None, seed: int = 0, observer: Observer | None = None) -> Outcome:
     """Run ``target``'s steps on ``model`` into ``out/<arch>-<target>`` (see the module docstring).
 
     ``options``: the parsed command-line options (``start_from``, ``stop_after`` and the family's).
     ``values``: inputs the steps read (``calibration``: clips, source, skips; ``class_names``; ``teacher``).
+    ``observer``: wraps every step that runs (e.g. to measure its memory).
     """
     steps = resolve_steps(target.step_names, f"recipe {target.source}")
     start_from, stop_after = getattr(options, "start_from", None), getattr(options, "stop_after", None)
@@ -94,7 +95,11 @@ def export_bundle(target: Target, model: Any, weights: dict[str, Any], options: 
             register(ctx)
         for name, value in (values or {}).items():
             ctx.set(name, value)
+        if ctx.has("calibration"):
+            calibration = ctx.value("calibration")
+            skips = calibration.get("skips")
+            ctx.fields["calibration"] = {"source": calibration["source"], **({"skipped": skips.to_dict()} if skips else {})}
         with ctx.resources:
-            run_steps(ctx, steps, start_from, stop_after)
+            run_steps(ctx, steps, start_from, stop_after, observer)
         bundle.finish(**ctx.manifest_fields())
     return Outcome(final, ctx.verdict, ctx)

@@ -66,6 +66,8 @@ def register_loaders(ctx: ExportContext) -> None:
         ctx.loader(f"hw_{graph}", "convert_to_hw", lambda c, g=graph: _flow().convert_to_hw(c.value(f"streamlined_{g}")))
         ctx.loader(f"unmapped_{graph}", "convert_to_hw", lambda c, g=graph: _flow().unmapped_nodes(c.value(f"hw_{g}")))
         ctx.loader(f"notes_{graph}", "dataflow", lambda c: [])
+    # The rule check reads what FINN reads: the QONNX export of each graph.
+    ctx.loader("graphs_to_check", "export_qonnx", lambda c: {g: c.value(f"qonnx_{g}").model for g in GRAPHS})
     ctx.loader("chain", "verify_chain", lambda c: c.previous_field("finn_chain"))
     ctx.loader("layer_sqnr", "layer_error", lambda c: None)
 

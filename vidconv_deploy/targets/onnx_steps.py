@@ -16,9 +16,11 @@ import torch
 
 from vidconv_deploy.check import check_model
 from vidconv_deploy.export.deploy_model import DeployViC, to_deploy
-from vidconv_deploy.export.onnx_export import MethodModule, export_graph, relative_error
+from vidconv_deploy.export.onnx_export import (
+    DEPLOY_FORBIDDEN, STREAMING_FORBIDDEN, MethodModule, export_graph, relative_error,
+)
 from vidconv_deploy.export.passes import apply_passes
-from vidconv_deploy.export.pipeline import DEPLOY_FORBIDDEN, STREAMING_FORBIDDEN, streaming_logits
+from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun, StopPipeline
 from vidconv_deploy.targets.steps import GRAPHS, step
 
@@ -108,7 +110,8 @@ def step_export_streaming(ctx: ExportContext, run: StepRun) -> None:
         ctx.bundle.write_onnx(f"{graph}_onnx", f"{graph}.onnx", exported.model)
         ctx.bundle.io[f"{graph}_onnx"] = exported.io()
     ctx.set("graphs", {"early": early.model, "later": later.model})
-    logits = streaming_logits(early, later, clip.numpy(), ctx.model.cfg.grid)
+    split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(early.model), OnnxRuntimeRunner(later.model))
+    logits = split.run_clip(clip.numpy()).logits
     ctx.fields.setdefault("verification", {})["streaming_vs_torch"] = relative_error(logits, reference)
 
 

@@ -3,7 +3,8 @@
 A recipe says how a target exports (family, rule set, default model, lowering passes, quantizer and
 calibration options, the list of steps); the board and hardware facts stay in the rule set it names
 (``hw/rules``). Files under ``_base_/`` are building blocks, not targets. A user adds a target by
-dropping a YAML file into a folder named by ``$VIDCONV_RECIPES`` (``:``-separated), no code needed.
+dropping a YAML file into a folder named by ``$VIDCONV_RECIPES`` (``:``-separated), no code needed;
+its ``_base_`` is a shipped target's name (``_base_: dpu-kv260``) or a path relative to the file.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base is None:
         return own
     base_path = (path.parent / str(base)).resolve()
+    if not str(base).endswith(".yaml"):  # a target's name: inherit that target's whole recipe
+        base_path = recipe_files().get(str(base), base_path)
     if not base_path.is_file():
-        raise UserError(f"recipe {path} names {BASE_KEY}: {base}, which does not exist: give a path relative to the file")
+        raise UserError(f"recipe {path} names {BASE_KEY}: {base}, which does not exist: give a target name or a "
+                        f"path relative to the file")
     return merge(resolve(base_path, (*seen, path)), own)

@@ -94,6 +94,7 @@ class Target:
 
 
 def _validate(name: str, path: Path, recipe: Mapping[str, Any]) -> None:
+    from vidconv_deploy.targets import export  # noqa: F401 (imports every step module, so the step registry is full)
     from vidconv_deploy.targets.families import FAMILIES
     from vidconv_deploy.targets.steps import resolve_steps
 

@@ -9,9 +9,11 @@ bundle from a step (``--start-from``: the records of the steps before it are kep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, ContextManager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -73,9 +75,14 @@ def progress_bar() -> Progress:
                     TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
 
 
+#: Wraps each step that runs and may add figures to its record (bench/ measures peak memory per step with it).
+Observer = Callable[[dict[str, Any]], ContextManager[None]]
+
+
 def run_steps(ctx: ExportContext, steps: Sequence[Step], start_from: str | None = None,
-              stop_after: str | None = None) -> None:
+              stop_after: str | None = None, observer: Observer | None = None) -> None:
     """Run ``steps`` on ``ctx`` in order, recording each in ``ctx.bundle.steps`` (see the module docstring)."""
+    observe = observer or (lambda record: contextlib.nullcontext())
     names = [s.name for s in steps]
     first = names.index(start_from) if start_from else 0
     last = names.index(stop_after) if stop_after else len(steps) - 1
@@ -96,7 +103,8 @@ def run_steps(ctx: ExportContext, steps: Sequence[Step], start_from: str | None 
             record = {"name": title, "status": "ran"}
             start = time.perf_counter()
             try:
-                s.run(ctx, StepRun(graph, record))
+                with observe(record):
+                    s.run(ctx, StepRun(graph, record))
             except StopPipeline as stop:
                 stopped = f"not run: {stop.reason}"
             if record["status"] != "not run":
