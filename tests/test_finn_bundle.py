@@ -112,6 +112,27 @@ def test_markdown_report_has_fit_table_cycles_plots_and_accuracy(nano):
         assert f"report_files/finn_cycles_{graph}.png" in text
 
 
+def test_design_that_does_not_fit_exits_1_unless_accepted(nano, tiny_dataset, tmp_path):
+    """--start-from dataflow refolds a finished bundle for --fps 1000 (LUT over the K26's budget): the verdict fits
+    fails (exit 1); --start-from finn_report --allow-unfit accepts it (exit 0). The steps before keep their records."""
+    import shutil
+
+    _, out, manifest = nano
+    shutil.copytree(out.parent, tmp_path / "out")
+    argv = ["--target", "finn-kv260", "--arch", "vic-nano-dpu", "--classes", "10", "--calib", str(tiny_dataset),
+            "--calib-clips", "2", "--out", str(tmp_path / "out"), "--fps", "1000"]
+    assert export_main([*argv, "--start-from", "dataflow"]) == 1
+    bundle = tmp_path / "out" / out.name
+    again = json.loads((bundle / "manifest.json").read_text())
+    assert again["verdict"]["failed"] == ["fits"] and "LUT" in again["verdict"]["checks"]["fits"]["detail"]
+    assert again["steps"][:4] == manifest["steps"][:4]  # carried over, not rerun
+    assert json.loads((bundle / "finn_report.json").read_text())["folding"]["target_fps"] == 1000
+    assert export_main([*argv, "--start-from", "finn_report", "--allow-unfit"]) == 0
+    accepted = json.loads((bundle / "manifest.json").read_text())["verdict"]
+    assert accepted["holds"] and accepted["checks"]["fits"] == {**accepted["checks"]["fits"], "holds": False,
+                                                                "accepted": True}
+
+
 @pytest.mark.parametrize(("board", "bits", "message"), [("kv250", "w4a4", "did you mean finn-kv260"),
                                                          ("kv260", "w4", "wXaY")])
 def test_bad_arguments(tmp_path, board, bits, message, capsys):

@@ -11,6 +11,7 @@ chain), ``fits`` (the board's budget; ``--allow-unfit`` accepts a design that do
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,12 @@ def _optional_file(path: Path, load: Any) -> Any:
     return load(path) if path.is_file() else None
 
 
+def _previous_report(ctx: ExportContext) -> dict[str, Any]:
+    """The finn_report.json of the bundle a --start-from run continues (empty when there is none)."""
+    path = ctx.directory / "finn_report.json"
+    return json.loads(path.read_text(encoding="utf-8")) if ctx.previous and path.is_file() else {}
+
+
 def register_loaders(ctx: ExportContext) -> None:
     """How the FINN steps' values are rebuilt for a --start-from run (from the bundle's files, or recomputed)."""
     ctx.loader("finn_model", "finn_model", lambda c: _optional_file(c.directory / "finn_model.safetensors",
@@ -59,17 +66,20 @@ def register_loaders(ctx: ExportContext) -> None:
     ctx.loader("float_model", "finn_model", lambda c: _optional_file(
         c.directory / "float_model.safetensors", lambda p: load_model(p)[0].eval()) or False)
     ctx.loader("finn_clips", "finn_model", lambda c: [torch.from_numpy(x)[None] for x in c.value("calibration")["clips"]])
-    ctx.loader("facts", "finn_model", lambda c: {})
+    ctx.loader("facts", "finn_model", lambda c: {k: v for k, v in _previous_report(c).get("model", {}).items()
+                                                 if k != "arch"} or None)
     for graph in GRAPHS:
         ctx.loader(f"qonnx_{graph}", "export_qonnx", lambda c, g=graph: _bundle_wrapper(c, f"qonnx_{g}"))
         ctx.loader(f"streamlined_{graph}", "streamline", lambda c, g=graph: _bundle_wrapper(c, f"finn_streamlined_{g}"))
         ctx.loader(f"hw_{graph}", "convert_to_hw", lambda c, g=graph: _flow().convert_to_hw(c.value(f"streamlined_{g}")))
         ctx.loader(f"unmapped_{graph}", "convert_to_hw", lambda c, g=graph: _flow().unmapped_nodes(c.value(f"hw_{g}")))
-        ctx.loader(f"notes_{graph}", "dataflow", lambda c: [])
+        ctx.loader(f"notes_{graph}", "dataflow", lambda c, g=graph: _previous_report(c).get("folding", {})
+                   .get("notes", {}).get(g))
+        ctx.loader(f"estimate_{graph}", "estimate", lambda c, g=graph: _previous_report(c).get("graphs", {}).get(g))
     # The rule check reads what FINN reads: the QONNX export of each graph.
     ctx.loader("graphs_to_check", "export_qonnx", lambda c: {g: c.value(f"qonnx_{g}").model for g in GRAPHS})
-    ctx.loader("chain", "verify_chain", lambda c: c.previous_field("finn_chain"))
-    ctx.loader("layer_sqnr", "layer_error", lambda c: None)
+    ctx.loader("chain", "verify_chain", lambda c: _previous_report(c).get("chain"))
+    ctx.loader("layer_sqnr", "layer_error", lambda c: _previous_report(c).get("layer_sqnr"))
 
 
 def _mapped(ctx: ExportContext) -> tuple[bool, str]:
@@ -208,7 +218,8 @@ def step_finn_report(ctx: ExportContext, run: StepRun) -> None:
     })
     ctx.set("finn_report", report)
     ctx.bundle.write_json("finn_report", "finn_report.json", report)
-    ctx.bundle.write("finn_log", "finn_log.txt", ctx.value("finn_log").getvalue() if ctx.has("finn_log") else "")
+    if ctx.has("finn_log"):  # a --start-from run that ran no finn-plus step keeps the log it carried over
+        ctx.bundle.write("finn_log", "finn_log.txt", ctx.value("finn_log").getvalue())
     if mapped:
         used = ", ".join(f"{k} {v:.0%}" for k, v in report["utilization"].items() if v is not None)
         ctx.verdict.record("fits", report["fits"], f"{board.name}: {used}", accepted=ctx.options.allow_unfit)
