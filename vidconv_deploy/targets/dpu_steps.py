@@ -71,7 +71,6 @@ def register_loaders(ctx: ExportContext) -> None:
     ctx.loader("layers", "integer_reference", _layers)
     ctx.loader("partition", "check_operators", lambda c: {g: r["partition"] for g, r in json.loads(
         (c.directory / "compliance.json").read_text()).items()} if (c.directory / "compliance.json").is_file() else None)
-    ctx.loader("compile", "compile_xmodel", lambda c: c.previous_field("compile"))
 
 
 @step("quantize", "quantize")
@@ -138,7 +137,7 @@ def step_compile_xmodel(ctx: ExportContext, run: StepRun) -> None:
                            quant_info={n: ctx.directory / "quant" / f"{n}_quant_info.json" for n in GRAPHS})
     result = run_compile(plan)
     record = result.record(ctx.directory)
-    ctx.fields["compile"] = ctx.set("compile", record)
+    ctx.fields["compile"] = record
     ctx.bundle.record_dir("compile_dir", COMPILE_DIR)
     ctx.set("xmodels", result.xmodels)
     if not result.ran and not result.log:
@@ -163,7 +162,8 @@ def step_board_dir(ctx: ExportContext, run: StepRun) -> None:
 def step_dpu_report(ctx: ExportContext, run: StepRun) -> None:
     cfg = ctx.model.cfg
     ctx.fields["throughput"] = throughput = peak_throughput(ctx.target.ruleset.data, cfg)
+    compiled = ctx.fields.get("compile") or {"ran": False, "reason": "this target's recipe has no compile_xmodel step"}
     result = DpuExport(ctx.fields["verification"], ctx.fields["compliant"], ctx.value("partition"),
-                       ctx.value("reference"), ctx.value("layers"), ctx.value("compile"), throughput)
+                       ctx.value("reference"), ctx.value("layers"), compiled, throughput)
     dpu_report(ctx.bundle, result, {"arch": cfg.arch, "weights": ctx.weights["source"]}, ctx.fields.get("accuracy"))
     ctx.bundle.record_report()
