@@ -146,9 +146,18 @@ def _frames(clip: np.ndarray, frame_shape: Sequence[int]) -> np.ndarray:
 
 
 def calibration_samples(
-    early: onnx.ModelProto, later: onnx.ModelProto, calib_clips: Sequence[np.ndarray], grid: tuple[int, int]
+    early: onnx.ModelProto, later: onnx.ModelProto, calib_clips: Sequence[np.ndarray], grid: tuple[int, int],
+    feeds: tuple[Sequence[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.ndarray]]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-graph calibration inputs: every frame for the early graph, each clip's float collage for the later."""
+    """Per-graph calibration inputs: every frame for the early graph, each clip's float collage for the later.
+
+    ``feeds``: the streaming split's feeds over these clips when the caller already has them (the
+    export computes them once for our quantizer), so the early graph is not run over the set twice.
+    """
+    if feeds is not None:
+        frames, collages = feeds
+        return (np.concatenate([next(iter(f.values())) for f in frames]),
+                np.concatenate([next(iter(c.values())) for c in collages]))
     if not calib_clips:
         raise UserError("no calibration clips: give --calib DIR with at least one video")
     spec_in = early.graph.input[0]
@@ -219,17 +228,19 @@ def prepare_compile(
     quant_info: Mapping[str, Path] | None = None,
     arch_json: Path | None = None,
     image: str = IMAGE,
+    feeds: tuple[Sequence[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.ndarray]]] | None = None,
 ) -> CompilePlan:
     """Write ``bundle_dir/compile/`` for ``target`` from the float streaming graphs and calibration clips.
 
     ``quant_info`` maps ``early``/``later`` to our quantizer's quant_info.json files (fix positions to
     compare with vai_q's);
     ``arch_json`` a host arch.json (e.g. ``{"fingerprint": "0x..."}`` read from the board with
-    ``xdputil query``) to compile for instead of the image's arch.json for the board.
+    ``xdputil query``) to compile for instead of the image's arch.json for the board. ``feeds``: see
+    :func:`calibration_samples`.
     """
     board = dpu_board(target)
     out = bundle_dir / COMPILE_DIR
-    frames, collages = calibration_samples(early, later, calib_clips, grid)
+    frames, collages = calibration_samples(early, later, calib_clips, grid, feeds)
     for name, model, samples in (("early", early, frames), ("later", later, collages)):
         spec, weights = graph_spec(model, name)
         write_text(out / "model" / f"{name}.json", json.dumps(spec, indent=1) + "\n")

@@ -134,7 +134,8 @@ def step_compile_xmodel(ctx: ExportContext, run: StepRun) -> None:
     graphs = ctx.value("graphs")
     plan = prepare_compile(ctx.directory, ctx.target.ruleset.name, graphs["early"], graphs["later"],
                            ctx.value("calibration")["clips"], ctx.model.cfg.grid,
-                           quant_info={n: ctx.directory / "quant" / f"{n}_quant_info.json" for n in GRAPHS})
+                           quant_info={n: ctx.directory / "quant" / f"{n}_quant_info.json" for n in GRAPHS},
+                           feeds=ctx.value("feeds"))
     result = run_compile(plan)
     record = result.record(ctx.directory)
     ctx.fields["compile"] = record
