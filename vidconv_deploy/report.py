@@ -53,6 +53,17 @@ class Report:
         self.sections[-1][1].append(_Table(list(headers), [[cell(v) for v in row] for row in rows]))
         return self
 
+    def what_ran(self, steps: Sequence[dict[str, Any]], verdict: dict[str, Any], weights: str) -> Report:
+        """The two sections every export report opens with: the verdict (what holds, why) and each step."""
+        self.section(f"Verdict: {'holds' if verdict['holds'] else 'FAILED'} (exit {verdict['exit_code']})").table(
+            ["verdict", "holds", "why"],
+            [[name, "yes" if c["holds"] else ("no, accepted" if c.get("accepted") else "NO"), c["detail"]]
+             for name, c in verdict["checks"].items()])
+        self.section("What ran").table(
+            ["step", "status", "seconds / reason"],
+            [[s["name"], s["status"], s.get("seconds", s.get("reason", ""))] for s in steps])
+        return self.text(f"Weights: {weights}.")
+
     def accuracy_table(self, rows: Sequence[dict[str, Any]]) -> Report:
         """The accuracy table every report shares (rows as ``evaluate.metrics.summary`` gives them)."""
         return self.table(["model", "videos", "top-1 %", "top-5 %", "top-1 agreement with float %"],

@@ -31,10 +31,7 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
                ) -> tuple[Path, Path]:
     """Write the report into the bundle (both renderings) and return their paths."""
     report = Report(f"{model_facts['arch']} -> {bundle.target}")
-    report.section("What ran").table(
-        ["step", "status", "seconds / reason"],
-        [[s["name"], s["status"], s.get("seconds", s.get("reason", ""))] for s in bundle.steps])
-    report.text(f"Weights: {model_facts['weights']}.")
+    report.what_ran(bundle.steps, model_facts["verdict"], model_facts["weights"])
 
     report.section("Partition (predicted from the target's rules)")
     rows = []

@@ -28,10 +28,7 @@ def finn_document(bundle: Bundle, report: dict[str, Any], model_facts: dict[str,
                   accuracy: list[dict] | None = None) -> tuple[Path, Path]:
     """Write the report (both renderings, plots under ``report_files/``) and return the two paths."""
     doc = Report(f"{model_facts['arch']} -> {bundle.target} ({report['bits']})")
-    doc.section("What ran").table(
-        ["step", "status", "seconds / reason"],
-        [[s["name"], s["status"], s.get("seconds", s.get("reason", ""))] for s in bundle.steps])
-    doc.text(f"Weights: {model_facts['weights']}.")
+    doc.what_ran(bundle.steps, model_facts["verdict"], model_facts["weights"])
 
     board = report["board"]
     doc.section(f"Fit on {board['name']} ({board['part']})").table(

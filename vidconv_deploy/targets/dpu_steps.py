@@ -166,5 +166,6 @@ def step_dpu_report(ctx: ExportContext, run: StepRun) -> None:
     compiled = ctx.fields.get("compile") or {"ran": False, "reason": "this target's recipe has no compile_xmodel step"}
     result = DpuExport(ctx.fields["verification"], ctx.fields["compliant"], ctx.value("partition"),
                        ctx.value("reference"), ctx.value("layers"), compiled, throughput)
-    dpu_report(ctx.bundle, result, {"arch": cfg.arch, "weights": ctx.weights["source"]}, ctx.fields.get("accuracy"))
+    dpu_report(ctx.bundle, result, {"arch": cfg.arch, "weights": ctx.weights["source"],
+                                          "verdict": ctx.verdict.to_dict()}, ctx.fields.get("accuracy"))
     ctx.bundle.record_report()

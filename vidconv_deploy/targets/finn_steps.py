@@ -244,6 +244,7 @@ def step_finn_build(ctx: ExportContext, run: StepRun) -> None:
 
 @step("finn_document", "report")
 def step_finn_document(ctx: ExportContext, run: StepRun) -> None:
-    finn_document(ctx.bundle, ctx.value("finn_report"), {"arch": ctx.model.cfg.arch, "weights": ctx.weights["source"]},
+    finn_document(ctx.bundle, ctx.value("finn_report"), {"arch": ctx.model.cfg.arch, "weights": ctx.weights["source"],
+                                                        "verdict": ctx.verdict.to_dict()},
                   ctx.fields.get("accuracy"))
     ctx.bundle.record_report()
