@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from check_graphs import G
 
 from vidconv_deploy.check import check_model
+from vidconv_deploy.cli.check import main
 
 
 def conv_graph(cin: int, cout: int = 16, k=(3, 3), hw=(8, 8), **attrs) -> onnx.ModelProto:
@@ -62,6 +66,16 @@ def conv3d_graph() -> onnx.ModelProto:
     return g.model(g.conv("x", 8, 8, (3, 3, 3)))
 
 
+def conv1d_graph() -> onnx.ModelProto:
+    g = G([1, 8, 16])
+    return g.model(g.conv("x", 8, 8, (3,)))
+
+
+def pool3d_graph() -> onnx.ModelProto:
+    g = G([1, 8, 4, 8, 8])
+    return g.model(g.op("MaxPool", [g.conv("x", 8, 8, (1, 1, 1))], kernel_shape=[2, 2, 2]))
+
+
 def reshape_graph(after_conv: bool) -> onnx.ModelProto:
     g = G([1, 8, 4, 4])
     x = g.conv("x", 8, 8, (1, 1)) if after_conv else "x"
@@ -83,6 +97,7 @@ CASES: dict[str, tuple[str, Callable[[], onnx.ModelProto], Callable[[], onnx.Mod
     "dpu.conv.in-channels": ("dpu-kv260", lambda: conv_graph(4096, k=(1, 1)), lambda: conv_graph(4112, k=(1, 1)), "4112 input channels > 256 * 16 = 4096", "<= 4096"),
     "dpu.conv.out-channels": ("dpu-kv260", lambda: conv_graph(8, 4096, k=(1, 1)), lambda: conv_graph(8, 4112, k=(1, 1)), "4112 output channels > 256 * 16 = 4096", "<= 4096"),
     "dpu.conv.group": ("dpu-kv260", lambda: conv_graph(8, 8), lambda: conv_graph(8, 8, group=2), "grouped conv (group=2, 8->8 channels)", "into 2 convs + Concat"),
+    "dpu.conv.1d": ("dpu-kv260", lambda: conv_graph(8, k=(1, 3)), conv1d_graph, "1-D conv (kernel [3]) has no DPU kernel and no board CPU kernel", "1 x k kernel"),
     "dpu.conv.3d": ("dpu-kv260", lambda: conv_graph(8), conv3d_graph, "3-D conv (kernel [3, 3, 3]) does not run on DPUCZDX8G_ISA1_B4096", "dpu-vck190"),
     "dpu.const-weight": ("dpu-kv260", lambda: matmul_graph(True), lambda: matmul_graph(False), "MatMul multiplies two feature maps", "constant weight"),
     "dpu.dwconv.kernel": ("dpu-kv260", lambda: dwconv_graph(8, k=(1, 256), hw=(1, 300)), lambda: dwconv_graph(8, k=(1, 257), hw=(1, 300)), "depthwise kernel 1x257 outside 1..256", "within 1..256"),
@@ -96,7 +111,8 @@ CASES: dict[str, tuple[str, Callable[[], onnx.ModelProto], Callable[[], onnx.Mod
     "dpu.eltwise.type": ("dpu-kv260", lambda: add_graph(False), lambda: add_graph(True), "Add of a feature map and a non per-channel constant", "element-wise add or multiply"),
     "dpu.pool.kernel": ("dpu-kv260", lambda: pool_graph((1, 256), hw=(1, 300)), lambda: pool_graph((1, 257), hw=(1, 300)), "pool kernel 1x257 outside 1..256", "within 1..256"),
     "dpu.pool.stride": ("dpu-kv260", lambda: pool_graph((1, 1), hw=(1, 300), strides=[1, 256]), lambda: pool_graph((1, 1), hw=(1, 300), strides=[1, 257]), "pool stride 1x257 outside 1..256", "within 1..256"),
-    "dpu.pool.pad": ("dpu-kv260", lambda: pool_graph((3, 3), pads=[1, 1, 1, 1]), lambda: pool_graph((3, 3), pads=[0, 16, 0, 0]), "[0, 16, 0, 0] outside left/top 0..15", "pad_left/pad_top <= 15"),
+    "dpu.pool.pad": ("dpu-kv260", lambda: pool_graph((3, 3), pads=[1, 1, 1, 1]), lambda: pool_graph((3, 17), hw=(8, 40), pads=[0, 16, 0, 0]), "[0, 16, 0, 0] outside left/top 0..15", "pad_left/pad_top <= 15"),
+    "dpu.pool.rank": ("dpu-kv260", lambda: pool_graph((2, 2)), pool3d_graph, "3-D MaxPool (kernel [2, 2, 2]) has no DPU kernel and no board CPU kernel", "2-D pool per frame"),
     "dpu.concat.axis": ("dpu-kv260", lambda: concat_graph(1), lambda: concat_graph(2), "along axis 2 of a 4-D tensor", "along channels (axis 1)"),
     "dpu.resize.mode": ("dpu-kv260", lambda: resize_graph("linear", "half_pixel", 2.0), lambda: resize_graph("linear", "align_corners", 2.0), "resize with align_corners has no DPU path", "2/4"),
     "dpu.reshape.placement": ("dpu-kv260", lambda: reshape_graph(True), lambda: reshape_graph(False), "Reshape input does not come from the DPU", "feed the Reshape from a DPU op"),
@@ -140,3 +156,34 @@ def test_gemm_after_flatten_is_a_kxk_conv() -> None:
     flat = g.op("Flatten", [g.conv("x", 512, 512, (1, 1))])
     model = g.model(g.op("Gemm", [flat, g.big_const([4096, 25088])], transB=1))
     assert check_model(model, "dpu-kv260").findings == []
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "op_type", "message"),
+    [
+        (lambda: torch.nn.Conv1d(8, 8, 3), [1, 8, 16], "Conv", "1-D conv (kernel [3]) has no DPU kernel and no board CPU kernel: "
+                                                               "both convolve 2-D feature maps only"),
+        (lambda: torch.nn.MaxPool1d(2), [1, 8, 16], "MaxPool", "1-D MaxPool (kernel [2]) has no DPU kernel and no board CPU kernel: "
+                                                               "both pool 2-D feature maps only"),
+        (lambda: torch.nn.MaxPool3d(2), [1, 8, 4, 8, 8], "MaxPool", "3-D MaxPool (kernel [2, 2, 2]) has no DPU kernel and no board "
+                                                                    "CPU kernel: both pool 2-D feature maps only"),
+        (lambda: torch.nn.AvgPool3d(2), [1, 8, 4, 8, 8], "AveragePool", "3-D AveragePool (kernel [2, 2, 2]) has no DPU kernel and no "
+                                                                        "board CPU kernel: both pool 2-D feature maps only"),
+        (lambda: torch.nn.AdaptiveAvgPool3d(1), [1, 8, 4, 8, 8], "GlobalAveragePool", "3-D GlobalAveragePool (over a 5-D tensor) has no "
+                                                                                      "DPU kernel and no board CPU kernel: both pool 2-D feature maps only"),
+    ],
+    ids=["Conv1d", "MaxPool1d", "MaxPool3d", "AvgPool3d", "AdaptiveAvgPool3d"],
+)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch: its legacy exporter is deprecated
+def test_torch_1d_and_3d_kernels_have_no_dpu_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str], layer, shape: list[int],
+                                                    op_type: str, message: str) -> None:
+    """The DPU and the board CPU kernels are 2-D: torch's 1-D and 3-D layers were reported as DPU ops."""
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(layer(), (torch.randn(shape),), str(path), dynamo=False)
+    code = main([str(path), "--target", "dpu-kv260", "--json"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (1, "")
+    doc = json.loads(out)
+    rule = "dpu.conv.1d" if op_type == "Conv" else "dpu.pool.rank"
+    assert [(f["op_type"], f["rule"], f["message"]) for f in doc["findings"]] == [(op_type, rule, message)]
+    assert doc["partition"]["devices"] == {"unsupported": {"ops": 1, "subgraphs": 1}}

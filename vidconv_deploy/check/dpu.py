@@ -143,11 +143,8 @@ class DpuChecker:
         if not g.is_const(node.input[1]) or wshape is None:
             self.report(op, "dpu.const-weight", "the conv weight is not a constant")
             return self.fallback(op)
-        if len(wshape) == 5:
-            if self.data["conv3d"]:
-                return Placement(DPU, "conv")
-            self.report(op, "dpu.conv.3d", f"3-D conv (kernel {list(wshape[2:])}) does not run on {self.data['arch']['name']}")
-            return Placement(UNSUPPORTED)
+        if len(wshape) != 4:
+            return self.conv_rank(op, wshape)
         xshape = g.static_shape(node.input[0])
         group = int(attr(node, "group", 1))
         cin, cout = (xshape[1] if xshape else wshape[1] * group), wshape[0]
@@ -236,7 +233,22 @@ class DpuChecker:
             ok = False
         return ok
 
+    def conv_rank(self, op: Op, wshape: tuple[int, ...]) -> Placement:
+        """A conv whose kernel is not 2-D: 3-D runs only on cores with conv3d, 1-D nowhere on the board."""
+        kernel = list(wshape[2:])
+        if len(kernel) == 3 and self.data["conv3d"]:
+            return Placement(DPU, "conv")
+        what = f"{len(kernel)}-D {'transposed conv' if op.op_type == 'ConvTranspose' else 'conv'} (kernel {kernel})"
+        if len(kernel) == 3:
+            self.report(op, "dpu.conv.3d", f"{what} does not run on {self.data['arch']['name']}")
+        else:
+            self.report(op, "dpu.conv.1d", f"{what} has no DPU kernel and no board CPU kernel: both convolve 2-D feature maps only")
+        return Placement(UNSUPPORTED)
+
     def place_ConvTranspose(self, op: Op) -> Placement:
+        wshape = self.graph.static_shape(op.node.input[1])
+        if wshape is not None and len(wshape) != 4:
+            return self.conv_rank(op, wshape)
         return Placement(DPU, "conv")
 
     def _matmul(self, op: Op, weight: str, k_dim: int, n_dim: int) -> Placement:
@@ -336,6 +348,13 @@ class DpuChecker:
     def place_pool(self, op: Op) -> Placement:
         node, g = op.node, self.graph
         xshape = g.static_shape(node.input[0])
+        kernel = attr(node, "kernel_shape")
+        spatial = len(kernel) if kernel is not None else (len(xshape) - 2 if xshape else 2)
+        if spatial != 2:
+            what = f"kernel {list(kernel)}" if kernel is not None else f"over a {spatial + 2}-D tensor"
+            self.report(op, "dpu.pool.rank", f"{spatial}-D {op.op_type} ({what}) has no DPU kernel and no board CPU kernel: "
+                                             "both pool 2-D feature maps only")
+            return Placement(UNSUPPORTED)
         in_hw = tuple(xshape[2:]) if xshape and len(xshape) == 4 else None
         if op.op_type.startswith("Global"):
             if in_hw is None:

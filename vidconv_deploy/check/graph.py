@@ -2,10 +2,10 @@
 
 Rules need parameters (kernel, channels, scales), and exporters hide them: weights arrive through
 constant subgraphs (``ConstantOfShape``, ``Constant -> Reshape``), shapes through ``Shape -> Gather``
-chains. So the model is validated (readable, acyclic, known op domains), constant subgraphs are
-folded with the ONNX reference evaluator, and shapes are inferred on the folded graph. Large
-constants keep only their shape: rules never need a weight's values, and folding a VGG fc6 weight
-would cost 400 MB.
+chains. So the model is validated (readable, known op domains, acyclic, then valid ONNX: see
+:mod:`.validate`), constant subgraphs are folded with the ONNX reference evaluator, and shapes are
+inferred on the folded graph. Large constants keep only their shape: rules never need a weight's
+values, and folding a VGG fc6 weight would cost 400 MB.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
+from vidconv_deploy.check.validate import validate_model
 from vidconv_deploy.errors import UserError
 
 # Op domains the checker can interpret; a rule set may add its own (FINN's custom ops).
 KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+# Domains of QONNX (Brevitas) and FINN graphs: only the FINN rule sets read them.
+FINN_DOMAINS = ("qonnx.custom_op", "finn.custom_op", "onnx.brevitas")
 # Largest constant (elements) whose value is computed; bigger ones keep their shape only.
 FOLD_LIMIT = 1 << 16
 _NEVER_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
@@ -37,7 +40,7 @@ class ModelGraph:
     """A validated, constant-folded, shape-inferred ONNX graph."""
 
     model: onnx.ModelProto  # the folded, shape-inferred model
-    original: onnx.ModelProto  # the model as read (for the ONNX checker)
+    original: onnx.ModelProto  # the model as read (its declared graph outputs, for the onnx rule set)
     nodes: list[onnx.NodeProto]
     shapes: dict[str, Shape | None]
     const_names: set[str]
@@ -100,10 +103,20 @@ def _check_domains(proto: onnx.ModelProto, extra_domains: frozenset[str]) -> Non
     for i, node in enumerate(proto.graph.node):
         if node.domain not in known:
             name = node.name or f"{node.op_type}_{i}"
-            raise UserError(
-                f"node {name!r} ({node.op_type}) uses unknown op domain {node.domain!r}: "
-                "export it with standard ONNX ops (domain ai.onnx)"
-            )
+            fix = ("it is a QONNX/FINN op: check the model with --target finn" if node.domain.startswith(FINN_DOMAINS)
+                   else "export it with standard ONNX ops (domain ai.onnx)")
+            raise UserError(f"node {name!r} ({node.op_type}) uses unknown op domain {node.domain!r}: {fix}")
+
+
+def _import_domains(proto: onnx.ModelProto, extra_domains: frozenset[str]) -> None:
+    """Declare the rule set's custom domains the model uses but does not import.
+
+    FINN writes its HW-layer graphs (``finn_dataflow_*.onnx``) without an opset import for
+    ``finn.custom_op.fpgadataflow.hls``/``.rtl``; ONNX then refuses to even infer shapes.
+    """
+    imported = {o.domain for o in proto.opset_import}
+    for domain in sorted({n.domain for n in proto.graph.node} & extra_domains - imported):
+        proto.opset_import.append(onnx.helper.make_opsetid(domain, 1))
 
 
 def _name_nodes(proto: onnx.ModelProto) -> None:
@@ -228,10 +241,12 @@ def load_graph(model: onnx.ModelProto | str | Path, extra_domains: frozenset[str
     proto = onnx.ModelProto()
     proto.CopyFrom(original)
     _check_domains(proto, extra_domains)
+    _import_domains(proto, extra_domains)
     _name_nodes(proto)
     ordered = _toposort(proto)
     del proto.graph.node[:]
     proto.graph.node.extend(ordered)
+    validate_model(proto, None if isinstance(model, onnx.ModelProto) else Path(model))
 
     first = _infer(proto)
     const, values = _fold(proto, ordered, _shapes(first))

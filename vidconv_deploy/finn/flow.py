@@ -82,6 +82,7 @@ from finn.transformation.streamline.round_thresholds import RoundAndClipThreshol
 from finn.transformation.streamline.streamline_plus import StreamlinePlus
 from finn.util.config import extract_model_config
 
+from vidconv_deploy.check.ruleset import load_ruleset
 from vidconv_deploy.finn.finn_env import finn_warnings
 
 #: finn-plus's default clock for estimates and builds (build_dataflow_config.py synth_clk_period_ns).
@@ -103,8 +104,8 @@ FPGADATAFLOW = "finn.custom_op.fpgadataflow"
 
 #: Why an op is known to stay off the accelerator, from what we measured with finn-plus 1.6.1.
 KNOWN_UNMAPPED = {
-    "Reshape": "finn-plus 1.6.1 registers no HW Reshape (finn/custom_op/fpgadataflow/__init__.py); only a "
-               "Reshape-Transpose-Reshape becomes a Shuffle: write the reshape as part of a permutation or remove it",
+    "Reshape": "InferReshape is not run (hw/rules/finn.yaml convert_to_hw.skipped); only a Reshape-Transpose-Reshape "
+               "becomes a Shuffle: write the reshape as part of a permutation or remove it",
     "Transpose": "a Transpose that streamlining could not cancel and InferShuffle did not take",
     "Resize": "only nearest resizing of a channels-last integer tensor becomes UpsampleNearestNeighbour",
     "MultiThreshold": "a quantizer whose input layout or width no Thresholding/Requant layer accepts",
@@ -245,36 +246,29 @@ def streamline(model: ModelWrapper) -> tuple[ModelWrapper, HostIO]:
     return model, host
 
 
-#: (op types that make it relevant, transformation) in step_convert_to_hw's order, standalone_thresholds=False.
-_TO_HW: tuple[tuple[tuple[str, ...], Transformation], ...] = (
-    (("XnorPopcountMatMul",), InferBinaryMatrixVectorActivation()),
-    (("MatMul",), InferQuantizedMatrixVectorActivation()),
-    (("MatMul",), InferVectorVectorActivation()),
-    (("TopK",), InferLabelSelectLayer()),
-    (("MultiThreshold", "Quant"), InferRequantLayer(bitwidth_threshold=REQUANT_BITWIDTH_THRESHOLD)),
-    (("MultiThreshold",), InferThresholdingLayer()),
-    (("Pad",), InferFMPadding()),
-    (("MaxPool", "AveragePool", "MaxPoolNHWC", "QuantAvgPool2d"), InferPool()),
-    (("ReduceMax", "ReduceSum", "ReduceMean"), InferPoolFromReduce()),
-    (("Im2Col",), InferConvInpGen()),
-    (("ConvolutionInputGenerator",), RemoveCNVtoFCFlatten()),
-    (("Concat",), InferPad1DLayer()),
-    (("Concat",), InferConcatLayer()),
-    (("Split",), InferSplitLayer()),
-    (("Mul", "Div", "Sub", "Add", "And", "Or", "Xor", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"),
-     InferElementwiseBinaryOperation()),
-    (("Where",), InferWhereLayer()),
-    (("Relu",), InferReLUAsElementwiseMax()),
-    (("Upsample", "Resize"), InferUpsample()),
-    (("GlobalAveragePool",), InferGlobalAccPoolLayer()),
-    (("Gather",), InferSelectTokenLayer()),
-    (("Gather",), InferCrop()),
-    (("Gather",), InferLookupLayer()),
-    (("Softmax",), InferHWSoftmax()),
-    (("PWPolyF", "Gelu", "Sigmoid", "Tanh", "Erf"), InferPWPolyFLayer()),
-    (("LayerNormalization",), InferLayerNorm()),
-    (("Crop",), InferCrop()),
-)
+#: Every transformation step_convert_to_hw may run, by name, configured as the builder's defaults
+#: configure it (standalone_thresholds=False, requant_bitwidth_threshold=9).
+_CONVERTERS: dict[str, Transformation] = {t.__class__.__name__: t for t in (
+    InferBinaryMatrixVectorActivation(), InferQuantizedMatrixVectorActivation(), InferVectorVectorActivation(),
+    InferLabelSelectLayer(), InferRequantLayer(bitwidth_threshold=REQUANT_BITWIDTH_THRESHOLD), InferThresholdingLayer(),
+    InferFMPadding(), InferPool(), InferPoolFromReduce(), InferConvInpGen(), RemoveCNVtoFCFlatten(), InferPad1DLayer(),
+    InferConcatLayer(), InferSplitLayer(), InferElementwiseBinaryOperation(), InferWhereLayer(), InferReLUAsElementwiseMax(),
+    InferUpsample(), InferGlobalAccPoolLayer(), InferSelectTokenLayer(), InferCrop(), InferLookupLayer(), InferHWSoftmax(),
+    InferPWPolyFLayer(), InferLayerNorm(),
+)}
+
+
+def _convert_to_hw_steps() -> tuple[tuple[tuple[str, ...], Transformation], ...]:
+    """(op types that make it relevant, transformation) in step_convert_to_hw's order.
+
+    The list is ``convert_to_hw`` in ``hw/rules/finn.yaml``, which ``vidconv-check --target finn``
+    reads too: what the checker calls a HW layer is what this flow converts.
+    """
+    steps = load_ruleset("finn").data["convert_to_hw"]["steps"]
+    return tuple((tuple(step["ops"]), _CONVERTERS[step["transformation"]]) for step in steps)
+
+
+_TO_HW = _convert_to_hw_steps()
 
 
 def minimize_bit_width(model: ModelWrapper) -> ModelWrapper:
@@ -286,8 +280,8 @@ def minimize_bit_width(model: ModelWrapper) -> ModelWrapper:
 
 
 def convert_to_hw(model: ModelWrapper) -> ModelWrapper:
-    """step_convert_to_hw (every Infer* transformation the builder runs, in its order; InferReshape
-    skipped) and step_minimize_bit_width_initial."""
+    """step_convert_to_hw (every Infer* transformation the builder runs, in its order, as listed in
+    hw/rules/finn.yaml; InferReshape skipped) and step_minimize_bit_width_initial."""
     for op_types, transformation in _TO_HW:
         if any(model.get_nodes_by_op_type(op) for op in op_types):
             model = model.transform(transformation)
