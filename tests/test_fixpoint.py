@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from vidconv_deploy.quant import fixpoint as fx
+from vidconv_deploy.fixpoint import arithmetic as fx
 
 
 def rounded(values, mode):

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.quant import QuantResult, quantize_onnx, write_quant_info
-from vidconv_deploy.reference.kernels import log2_exact
+from vidconv_deploy.fixpoint.kernels import log2_exact
 
 
 class Net:

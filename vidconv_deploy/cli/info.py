@@ -12,7 +12,7 @@ from rich.table import Table
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.models.complexity import PartCost, measure
-from vidconv_deploy.models.config import ARCHS, ViCConfig, make_config
+from vidconv_deploy.models.config import ARCHS, ViCConfig, make_config, parse_grid
 
 #: Why our ViC-B parameter count differs from the paper's, printed with every ViC-B report.
 VIC_B_NOTE = (
@@ -37,19 +37,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-neck", action="store_true", help="drop the dilated neck conv (paper ablations)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
-
-
-def parse_grid(text: str | None) -> tuple[int, int] | None:
-    """``--grid ROWSxCOLS`` as (rows, columns), each at least 1; ``None`` when not given."""
-    if text is None:
-        return None
-    try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--grid {text!r} is not ROWSxCOLS: write e.g. --grid 2x3") from None
-    if min(rows, cols) < 1:
-        raise UserError(f"--grid {text} has no frames: give at least one row and one column, e.g. --grid 2x3")
-    return rows, cols
 
 
 def check_shape(frames: int, grid: tuple[int, int] | None, classes: int) -> None:

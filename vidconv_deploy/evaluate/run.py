@@ -14,7 +14,7 @@ import torch
 
 from vidconv_deploy.evaluate.classifiers import ClipClassifier
 from vidconv_deploy.evaluate.metrics import Scores, video_score
-from vidconv_deploy.train.loop import progress_bar
+from vidconv_deploy.progress import progress_bar
 
 ORDERS = ("normal", "reverse", "shuffle")
 

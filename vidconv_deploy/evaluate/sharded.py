@@ -21,7 +21,7 @@ from vidconv_deploy.errors import UserError
 from vidconv_deploy.evaluate.classifiers import ClipClassifier
 from vidconv_deploy.evaluate.metrics import Scores
 from vidconv_deploy.evaluate.run import score_video
-from vidconv_deploy.train.loop import progress_bar
+from vidconv_deploy.progress import progress_bar
 
 #: ``() -> classifiers``: each Ray worker builds its own (ONNX Runtime sessions do not pickle).
 ClassifierFactory = Callable[[], dict[str, ClipClassifier]]

@@ -79,6 +79,19 @@ def grid_for_frames(frames: int) -> tuple[int, int]:
     return side, side
 
 
+def parse_grid(text: str | None) -> tuple[int, int] | None:
+    """``--grid ROWSxCOLS`` as (rows, columns), each at least 1; ``None`` when not given."""
+    if text is None:
+        return None
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--grid {text!r} is not ROWSxCOLS: write e.g. --grid 2x3") from None
+    if min(rows, cols) < 1:
+        raise UserError(f"--grid {text} has no frames: give at least one row and one column, e.g. --grid 2x3")
+    return rows, cols
+
+
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(value, int):
         return value, value

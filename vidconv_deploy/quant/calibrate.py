@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.quant import fixpoint
+from vidconv_deploy.fixpoint import arithmetic as fixpoint
+from vidconv_deploy.fixpoint import kernels as K
 from vidconv_deploy.quant.graph import CONST_OP, INPUT_OP, GraphPlan, Node
-from vidconv_deploy.reference import kernels as K
 
 #: vai_q forces LeakyReLU's negative slope to 26/256 (``leaky_relu.py``, option nndct_leaky_relu_approximate
 #: default True in ``VAI/nndct_shared/utils/option_list.py``).

@@ -32,7 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.quant import fixpoint
+from vidconv_deploy.fixpoint import arithmetic as fixpoint
 
 #: ONNX op -> the vai_q (NNDCT) op it plays, for the ops the DPU flow supports.
 CONV_OPS = frozenset({"Conv", "Gemm", "MatMul"})  # CONV2D / DEPTHWISE_CONV2D / DENSE: have weights
@@ -57,8 +57,6 @@ ACTIVATION_INPUTS: dict[str, tuple[int, ...]] = {
     **{op: (0,) for op in SUPPORTED_OPS - {"Add", "Mul", "Concat"}},
 }
 INPUT_OP, CONST_OP = "Input", "Const"  # pseudo-nodes: graph inputs and constants used as activations
-#: Metadata key of a QDQ model: JSON map from each dequantized activation name to the float graph's name.
-TENSOR_MAP_KEY = "vidconv_deploy.quant_tensors"
 
 
 @dataclass

@@ -41,7 +41,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vidconv_deploy.atomic import write_text
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.quant import fixpoint
+from vidconv_deploy.fixpoint import arithmetic as fixpoint
+from vidconv_deploy.fixpoint.kernels import single_threaded
+from vidconv_deploy.fixpoint.qdq_metadata import TENSOR_MAP_KEY
 from vidconv_deploy.quant.calibrate import (
     DPU_HSIGMOID_SCALE,
     DPU_LEAKY_SLOPE,
@@ -56,12 +58,10 @@ from vidconv_deploy.quant.graph import (
     CONV_OPS,
     INPUT_OP,
     PASS_THROUGH_OPS,
-    TENSOR_MAP_KEY,
     GraphPlan,
     Node,
     analyse,
 )
-from vidconv_deploy.reference.kernels import single_threaded
 
 ZERO_POINT = "quant_zero_point_int8"
 

@@ -22,8 +22,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from rich.table import Table
 
+from vidconv_deploy.fixpoint.qdq_metadata import TENSOR_MAP_KEY
 from vidconv_deploy.plots import save_layer_bars
-from vidconv_deploy.quant.graph import TENSOR_MAP_KEY
 from vidconv_deploy.reference.executor import Executor, ReferenceRun
 
 #: One feed (graph input name -> array) or several.

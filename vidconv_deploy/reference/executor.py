@@ -34,8 +34,8 @@ import torch
 from onnx import numpy_helper
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.quant import fixpoint
-from vidconv_deploy.reference import kernels as K
+from vidconv_deploy.fixpoint import arithmetic as fixpoint
+from vidconv_deploy.fixpoint import kernels as K
 
 ROUNDINGS = {"onnxruntime": "half_even", "dpu": "half_up"}
 #: Ops that may read a float graph input before it is quantized (exact on floats).

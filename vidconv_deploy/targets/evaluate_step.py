@@ -19,7 +19,7 @@ def step_evaluate(ctx: ExportContext, run: StepRun) -> None:
         run.not_run(f"a verdict failed ({', '.join(ctx.verdict.failed)}): accuracy of a model that is not what the "
                     f"hardware runs would mislead")
         return
-    from vidconv_deploy.cli.evaluate import evaluate_bundle
+    from vidconv_deploy.evaluate.bundle_scores import evaluate_bundle
 
     ctx.bundle.finish(**ctx.manifest_fields())
     ctx.fields["accuracy"] = evaluate_bundle(ctx.directory, ctx.options.eval)["orders"]["normal"]

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from vidconv_deploy.atomic import atomic_path
 from vidconv_deploy.errors import UserError
+from vidconv_deploy.progress import progress_bar
 from vidconv_deploy.train.optim import adamw, warmup_cosine
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -162,12 +162,6 @@ def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
     except Exception as err:  # any unreadable or foreign file: one line, the fix
         raise UserError(f"cannot resume from {path}: {str(err).splitlines()[0][:200]}; delete it to start afresh") from None
     return TrainState(epoch=int(saved["epoch"]), history=list(saved["history"]))
-
-
-def progress_bar() -> Progress:
-    """The bar every long loop shows (on stderr, so stdout stays clean for JSON)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
 
 
 def fit(
