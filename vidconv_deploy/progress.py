@@ -1,4 +1,4 @@
-"""The progress bar of long loops (training epochs, scoring videos), shared by ``train`` and ``evaluate``."""
+"""The progress bar of long loops (training epochs, scoring videos, export steps), with the time left."""
 
 from __future__ import annotations
 

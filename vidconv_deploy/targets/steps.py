@@ -15,10 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ContextManager
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from vidconv_deploy.errors import UserError
+from vidconv_deploy.progress import progress_bar
 from vidconv_deploy.targets.context import ExportContext, StepRun, StopPipeline
 
 #: The streaming split's two graphs, in the order per-graph steps run them.
@@ -69,12 +67,6 @@ def check_step_name(name: str | None, steps: Sequence[Step], flag: str) -> None:
         raise UserError(f"{flag} {name}: not a step of this target; its steps are {', '.join(s.name for s in steps)}")
 
 
-def progress_bar() -> Progress:
-    """A transient progress display on stderr (stdout stays clean for --json), with an estimate of the time left."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-
-
 #: Wraps each step that runs and may add figures to its record (bench/ measures peak memory per step with it).
 Observer = Callable[[dict[str, Any]], ContextManager[None]]
 
@@ -89,7 +81,7 @@ def run_steps(ctx: ExportContext, steps: Sequence[Step], start_from: str | None 
     runs = [(s, title, graph) for s in steps[first:] for title, graph in s.titles()]
     stopped: str | None = None
     with progress_bar() as progress:
-        task = progress.add_task("export", total=sum(1 for s, _, _ in runs if names.index(s.name) <= last))
+        task = progress.add_task("export", total=sum(1 for s, _, _ in runs if names.index(s.name) <= last), info="")
         for s, title, graph in runs:
             if names.index(s.name) > last:
                 ctx.bundle.not_run(title, f"--stop-after {stop_after}")
