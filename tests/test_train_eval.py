@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from vidconv_deploy import build_model
 from vidconv_deploy.cli.evaluate import main as eval_main
 from vidconv_deploy.cli.export import main as export_main
-from vidconv_deploy.cli.train import batches
+from vidconv_deploy.train.loop import batches
 from vidconv_deploy.data.dataset import protocol_for, train_clips
 from vidconv_deploy.data.sources import open_split
 from vidconv_deploy.evaluate.classifiers import bundle_classifiers

@@ -31,7 +31,7 @@ from rich.console import Console
 from vidconv_deploy.atomic import write_text
 from vidconv_deploy.checkpoints import load_model, save_checkpoint
 from vidconv_deploy.cli.common import run_main
-from vidconv_deploy.cli.train import EXIT_CODES, RUNS, batches, check_out, check_training_flags
+from vidconv_deploy.cli.training_flags import EXIT_CODES, RUNS, check_out, check_training_flags
 from vidconv_deploy.data.dataset import EvalClips, TrainClips, protocol_for
 from vidconv_deploy.data.sources import NO_LABEL, VideoSource, list_digest, open_split, scan_folder
 from vidconv_deploy.errors import UserError
@@ -40,7 +40,7 @@ from vidconv_deploy.evaluate.sharded import score_split
 from vidconv_deploy.models.config import split_arch
 from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv
-from vidconv_deploy.train.loop import Settings, TrainConfig, fit, open_state
+from vidconv_deploy.train.loop import Settings, TrainConfig, batches, fit, open_state
 from vidconv_deploy.train.losses import DistillLoss
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from rich.console import Console
 from vidconv_deploy.atomic import write_text
 from vidconv_deploy.checkpoints import save_checkpoint
 from vidconv_deploy.cli.common import run_main
+from vidconv_deploy.cli.training_flags import EXIT_CODES, RUNS, check_out, check_training_flags
 from vidconv_deploy.data.dataset import EvalClips, TrainClips, protocol_for
 from vidconv_deploy.data.sources import list_digest, open_split
 from vidconv_deploy.errors import UserError
@@ -38,17 +38,9 @@ from vidconv_deploy.evaluate.classifiers import TorchClassifier
 from vidconv_deploy.evaluate.run import ORDERS, score_videos
 from vidconv_deploy.models.config import arch_names
 from vidconv_deploy.models.vidconv import VidConv, build_model
-from vidconv_deploy.train.loop import Settings, TrainConfig, fit, open_state
+from vidconv_deploy.train.loop import Settings, TrainConfig, batches, fit, open_state
 
 #: The --help epilog of the training commands: what their exit status means.
-EXIT_CODES = """exit codes:
-  0    trained: the weights and the model card are written
-  2    bad input (refused before anything is written) or a tool error: one line on stderr
-  130  interrupted: the finished epochs stay in OUT.state.pt, rerun with --resume"""
-#: Where runs go unless --out says otherwise: never the shipped models/ folder.
-RUNS = Path("runs")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vidconv-train", description=__doc__.replace("``", ""), epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,37 +64,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def check_training_flags(epochs: int, batch: int, lr: float, seed: int) -> None:
-    """Refuse flags that would train nothing, crash mid-run or diverge, before any work (one line, the fix)."""
-    if epochs < 1:
-        raise UserError(f"--epochs {epochs} would write an untrained model: give --epochs 1 or more")
-    if batch < 1:
-        raise UserError(f"--batch {batch} holds no clips: give --batch 1 or more, e.g. --batch 16")
-    if not (math.isfinite(lr) and lr > 0):
-        raise UserError(f"--lr {lr} is not a learning rate: give a positive number, e.g. --lr 0.002")
-    if seed < 0:
-        raise UserError(f"--seed {seed} is negative: give --seed 0 or more")
-
-
-def check_out(out: Path) -> None:
-    """Refuse an ``--out`` whose weights, card or state would land on a wrong or unwritable path, before any work.
-
-    The card and the state replace the suffix, so a path without ``.safetensors`` could make the
-    card overwrite the weights (``--out model.yaml``).
-    """
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give a file path, e.g. --out {out / 'model.safetensors'}")
-    if out.suffix != ".safetensors":
-        raise UserError(f"--out {out} does not end in .safetensors: write e.g. --out {out.with_suffix('.safetensors')}")
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(f"--out {out} is under {folder}, which is a file: choose another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write into {folder}: choose a writable --out")
-
-
 def require_videos(clips: TrainClips | EvalClips, split: str, data: Path) -> None:
     """An empty split (every listed video unusable) is an error: training or scoring nothing is no result."""
     if not len(clips):
@@ -115,20 +76,6 @@ def settings_of(args: argparse.Namespace, train_digest: str) -> Settings:
     return {"--data": str(args.data.resolve()), "--data train list": train_digest, "--arch": args.arch,
             "--epochs": args.epochs, "--batch": args.batch, "--lr": args.lr, "--weight-decay": args.weight_decay,
             "--drop-path": args.drop_path, "--seed": args.seed}
-
-
-def batches(dataset: TrainClips, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Stack the dataset's clips into ``(B, L, 3, H, W)`` batches (the last one may be short)."""
-    clips: list[torch.Tensor] = []
-    labels: list[int] = []
-    for clip, label in dataset:
-        clips.append(clip)
-        labels.append(label)
-        if len(clips) == batch:
-            yield torch.stack(clips), torch.tensor(labels)
-            clips, labels = [], []
-    if clips:
-        yield torch.stack(clips), torch.tensor(labels)
 
 
 def accuracy(model: VidConv, videos: EvalClips, split: str, order: str = "normal") -> dict[str, float]:

@@ -10,7 +10,7 @@ run: resuming with other settings would train a model that no model card could d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +217,17 @@ def fit(
                 _save_state(state_path, model, optimizer, scheduler, state, cfg.epochs, settings)
     model.eval()
     return state
+
+
+def batches(dataset: Iterable[tuple[torch.Tensor, int]], batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stack the dataset's clips into ``(B, L, 3, H, W)`` batches (the last one may be short)."""
+    clips: list[torch.Tensor] = []
+    labels: list[int] = []
+    for clip, label in dataset:
+        clips.append(clip)
+        labels.append(label)
+        if len(clips) == batch:
+            yield torch.stack(clips), torch.tensor(labels)
+            clips, labels = [], []
+    if clips:
+        yield torch.stack(clips), torch.tensor(labels)
