@@ -138,4 +138,4 @@ def test_finetune_distils_a_dpu_variant_and_resumes(tmp_path, tiny_dataset, caps
     assert 0 <= card["accuracy"]["test"]["top1_agreement_with_teacher"] <= 100
     assert out.with_suffix(".state.pt").exists()
     assert finetune_main([*argv[:3], "vic-t-dpu", *argv[4:]]) == 2
-    assert "is not a deploy variant of the teacher (vic-nano): use --student vic-nano-dpu" in capsys.readouterr().err
+    assert "is not a hardware variant of the teacher (vic-nano): use --student vic-nano-dpu" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The DPU deploy variants: BatchNorm + ReLU models whose exported graphs run wholly on the DPU.
+"""The DPU hardware variants: BatchNorm + ReLU models whose exported graphs run wholly on the DPU.
 
 The variant changes the math (it is distilled, not exact), but every pass that lowers it for the
 DPU is exact and is tested here against the variant itself; the exported streaming graphs must

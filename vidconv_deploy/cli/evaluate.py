@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ray", metavar="ADDRESS", help="shard over a Ray cluster at ADDRESS, or 'local'")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slower) integer reference")
-    parser.add_argument("--teacher", type=Path, help="also score the faithful checkpoint a deploy variant was distilled from")
+    parser.add_argument("--teacher", type=Path, help="also score the faithful checkpoint a hardware variant was distilled from")
     parser.add_argument("--limit", type=int, help="score only the first N videos of the split")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     return parser.parse_args(argv)

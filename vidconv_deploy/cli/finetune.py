@@ -1,4 +1,4 @@
-"""``vidconv-finetune``: distil a deploy variant (``vic-t-dpu``) from a VidConv checkpoint, or QAT its FINN variant.
+"""``vidconv-finetune``: distil a hardware variant (``vic-t-dpu``) from a VidConv checkpoint, or QAT its FINN variant.
 
 The student starts from the teacher's weights (LayerNorm -> BatchNorm, GELU -> ReLU) and learns to
 match the teacher's logits (KL at temperature 2) and pooled features (MSE), plus cross-entropy
@@ -48,7 +48,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vidconv-finetune", description=__doc__.replace("``", ""), epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True, help="faithful checkpoint (.safetensors or authors' .pth)")
-    parser.add_argument("--student", help="deploy variant to distil, e.g. vic-nano-dpu or vic-t-dpu (not with --qat)")
+    parser.add_argument("--student", help="hardware variant to distil, e.g. vic-nano-dpu or vic-t-dpu (not with --qat)")
     parser.add_argument("--qat", action="store_true", help="quantization-aware training of the FINN variant instead")
     parser.add_argument("--bits", default="w4a4", help="--qat: weight/activation bits wXaY (default w4a4)")
     parser.add_argument("--init", type=Path, help="--qat: float checkpoint the FINN student starts from (default: the teacher)")
@@ -102,10 +102,10 @@ def settings_of(args: argparse.Namespace, source: VideoSource) -> Settings:
 
 
 def dpu_student(args: argparse.Namespace, teacher: VidConv) -> VidConv:
-    """The deploy variant ``--student`` initialised from the teacher's weights."""
+    """The hardware variant ``--student`` initialised from the teacher's weights."""
     base, settings = split_arch(args.student or "")
     if not settings or base != teacher.cfg.arch:
-        raise UserError(f"--student {args.student} is not a deploy variant of the teacher ({teacher.cfg.arch}): "
+        raise UserError(f"--student {args.student} is not a hardware variant of the teacher ({teacher.cfg.arch}): "
                         f"use --student {teacher.cfg.arch}-dpu, or --qat for the FINN variant")
     student, _ = init_variant(teacher, args.student.removeprefix(f"{base}-"))
     return student

@@ -1,6 +1,6 @@
 """Every form a bundle's model takes, behind one call: ``clips (N, L, 3, H, W) float32 -> logits (N, classes)``.
 
-An accuracy report compares the same clips through the float graph, the deploy variant, the
+An accuracy report compares the same clips through the float graph, the hardware variant, the
 fake-quant INT8 graphs in ONNX Runtime and the integer reference, so each is a small class with
 the same call over a runner (:mod:`vidconv_deploy.runners`). The streaming forms run as a host runs
 them, through :class:`~vidconv_deploy.runners.StreamingSplit`.
@@ -76,7 +76,7 @@ def read_manifest(bundle: Path) -> dict:
 def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Path | None = None) -> dict[str, ClipClassifier]:
     """Every classifier the bundle's artifacts allow, by name, in report order.
 
-    ``teacher``: a faithful checkpoint the bundle's deploy variant was distilled from, scored too.
+    ``teacher``: a faithful checkpoint the bundle's hardware variant was distilled from, scored too.
     """
     manifest = read_manifest(bundle)
     artifacts = manifest["artifacts"]

@@ -3,7 +3,7 @@
 Everything is NCHW: the blocks' Linear layers become 1x1 convs, the channels-last LayerNorm
 becomes a LayerNorm over the channel axis written with ReduceMean/Sub/Pow/Sqrt/Div (no Transpose
 pairs), and every shape is a Python constant from the config (no Shape/Gather in the graph).
-Deploy variants (``norm="batch"``, ``act="relu"``) keep their BatchNorms and ReLUs here; the
+Hardware variants (``norm="batch"``, ``act="relu"``) keep their BatchNorms and ReLUs here; the
 DPU passes fold the BatchNorms into neighbouring convs.
 :func:`to_deploy` is exact: the result computes what the VidConv computes, up to float rounding.
 The ``passes`` module then folds scales and picks per-target lowerings.

@@ -137,7 +137,7 @@ def _fold_into_conv_input(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
 
 
 class FoldBatchNorms(Pass):
-    """Fold a deploy variant's BatchNorms into the neighbouring convs (the DPU has no standalone BN).
+    """Fold a hardware variant's BatchNorms into the neighbouring convs (the DPU has no standalone BN).
 
     The stem's BN follows its conv; a downsample's BN and a block's BN precede an unpadded conv
     (2x2 stride 2, and the block's first 1x1), so each folds exactly into one conv.

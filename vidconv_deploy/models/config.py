@@ -35,7 +35,7 @@ ARCHS: dict[str, ArchSpec] = {
     "vic-b": ArchSpec(dims=(128, 256, 512, 1024), depths=(3, 3, 27, 3), neck_dim=2304),
 }
 
-#: Deploy variants change the math so that every op has a DPU kernel (``vic-t-dpu``): LayerNorm
+#: Hardware variants change the math so that every op has a DPU kernel (``vic-t-dpu``): LayerNorm
 #: becomes BatchNorm (folded into a neighbouring conv at export) and GELU becomes ReLU. They are
 #: not exact; they are distilled from the faithful model (``vidconv-finetune``).
 VARIANTS: dict[str, dict[str, str]] = {
@@ -44,7 +44,7 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 
 def arch_names() -> list[str]:
-    """Every architecture name a user can ask for: the base archs and their deploy variants."""
+    """Every architecture name a user can ask for: the base archs and their hardware variants."""
     return [*ARCHS, *(f"{base}-{variant}" for base in ARCHS for variant in VARIANTS)]
 
 
@@ -58,7 +58,7 @@ def split_arch(arch: str) -> tuple[str, dict[str, str]]:
 
 
 def arch_spec(arch: str) -> ArchSpec:
-    """Look up an architecture (or a deploy variant's base) by name; a typo gets the closest names."""
+    """Look up an architecture (or a hardware variant's base) by name; a typo gets the closest names."""
     base, _ = split_arch(arch)
     try:
         return ARCHS[base]

@@ -23,12 +23,12 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 def norm2d(kind: str, dim: int) -> nn.Module:
-    """The NCHW channel norm of a config: ConvNeXt's LayerNorm, or BatchNorm in the deploy variants."""
+    """The NCHW channel norm of a config: ConvNeXt's LayerNorm, or BatchNorm in the hardware variants."""
     return LayerNorm2d(dim, eps=1e-6) if kind == "layer" else nn.BatchNorm2d(dim)
 
 
 def activation(kind: str) -> nn.Module:
-    """GELU (the paper's) or ReLU (the deploy variants': the DPU fuses it into the conv)."""
+    """GELU (the paper's) or ReLU (the hardware variants': the DPU fuses it into the conv)."""
     return nn.GELU() if kind == "gelu" else nn.ReLU()
 
 
@@ -53,7 +53,7 @@ class DropPath(nn.Module):
 class ConvNeXtBlock(nn.Module):
     """dwconv 7x7 -> LayerNorm -> Linear 4C -> GELU -> Linear C -> gamma -> residual (ConvNeXt, Liu et al. 2022).
 
-    ``norm="batch"``/``act="relu"`` give the deploy variant's block with the same parameter names,
+    ``norm="batch"``/``act="relu"`` give the hardware variant's block with the same parameter names,
     so a faithful checkpoint initialises it tensor for tensor.
     """
 

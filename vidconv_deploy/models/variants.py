@@ -1,4 +1,4 @@
-"""Deploy variants initialised from a faithful model: the starting point of distillation."""
+"""Hardware variants initialised from a faithful model: the starting point of distillation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def init_variant(model: VidConv, variant: str = "dpu") -> tuple[VidConv, list[st
     """
     base, settings = split_arch(model.cfg.arch)
     if settings:
-        raise UserError(f"{model.cfg.arch} is already a deploy variant: give the faithful model ({base}) as the teacher")
+        raise UserError(f"{model.cfg.arch} is already a hardware variant: give the faithful model ({base}) as the teacher")
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     fields = {k: v for k, v in model.cfg.to_dict().items() if k not in ("arch", "norm", "act")}

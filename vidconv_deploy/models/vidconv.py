@@ -70,7 +70,7 @@ class VidConvBackbone(nn.Module):
 
 
 class Neck(nn.Module):
-    """Conv (kernel = grid, dilation = per-frame size, no padding, no bias) + BatchNorm + GELU (ReLU in deploy variants)."""
+    """Conv (kernel = grid, dilation = per-frame size, no padding, no bias) + BatchNorm + GELU (ReLU in hardware variants)."""
 
     def __init__(self, cfg: ViCConfig) -> None:
         super().__init__()

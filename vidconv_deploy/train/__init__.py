@@ -1,4 +1,4 @@
-"""Training, distillation and their resumable state: what makes the demo model and the deploy variants."""
+"""Training, distillation and their resumable state: what makes the demo model and the hardware variants."""
 
 from vidconv_deploy.train.loop import TrainConfig, TrainState, fit
 from vidconv_deploy.train.losses import DistillLoss

@@ -1,4 +1,4 @@
-"""Losses for training from labels and for distilling a deploy variant from the faithful model."""
+"""Losses for training from labels and for distilling a hardware variant from the faithful model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 class DistillLoss(nn.Module):
     """Hinton KL on temperature-softened logits, a feature loss, and cross-entropy where labels exist.
 
-    The deploy variant (BatchNorm + ReLU) starts from the faithful weights but computes something
+    The hardware variant (BatchNorm + ReLU) starts from the faithful weights but computes something
     else; matching the teacher's logits and its pooled features pulls it back. ``feature_weight``
     scales the MSE between the two models' pooled features (same width by construction).
     """
