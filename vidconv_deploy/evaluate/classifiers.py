@@ -74,7 +74,7 @@ def read_manifest(bundle: Path) -> dict:
 
 
 def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Path | None = None) -> dict[str, ClipClassifier]:
-    """Every classifier the bundle's artifacts allow, by name, in report order.
+    """Every form of the bundle's model its target family has (the manifest's recipe says which), in report order.
 
     ``teacher``: a faithful checkpoint the bundle's hardware variant was distilled from, scored too.
     """
@@ -83,24 +83,31 @@ def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Pa
     grid = tuple(manifest["model"]["config"]["grid"])
 
     def path(role: str) -> Path:
-        return bundle / artifacts[role]["file"]
+        if role not in artifacts:
+            raise UserError(f"{bundle} has no {role} (its export stopped before the step that writes it): "
+                            f"export it without --stop-after")
+        art = artifacts[role]
+        return bundle / art.get("file", art.get("dir", ""))
 
+    family = manifest.get("recipe", {}).get("family")
+    if family is None:
+        raise UserError(f"{bundle} was written by an older vidconv-export (its manifest names no recipe): "
+                        f"export it again")
     found: dict[str, ClipClassifier] = {}
     if teacher is not None:
         found["faithful teacher (PyTorch)"] = TorchClassifier(load_model(teacher)[0])
-    if "float_checkpoint" in artifacts:  # FINN bundles: the float model and its integer FINN variant
-        found["float"] = TorchClassifier(load_model(path("float_checkpoint"))[0])
-    if "finn_checkpoint" in artifacts:
+    if family == "finn":  # the float model and its integer FINN variant, bit-exact with the accelerator
+        if "float_checkpoint" in artifacts:
+            found["float"] = TorchClassifier(load_model(path("float_checkpoint"))[0])
         from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
 
         finn = load_finn_checkpoint(path("finn_checkpoint"))
         found[f"FINN {finn.bits} (Brevitas, bit-exact with the accelerator)"] = TorchClassifier(finn)
-    if "float_onnx" in artifacts:
-        found["float"] = WholeClipGraph(path("float_onnx"))
-    if "deploy_onnx" in artifacts:
-        found["deploy"] = WholeClipGraph(path("deploy_onnx"))
-    if "quant_onnx" in artifacts:
-        quant = bundle / artifacts["quant_onnx"]["dir"]
+        return found
+    found["float"] = WholeClipGraph(path("float_onnx"))
+    found["deploy"] = WholeClipGraph(path("deploy_onnx"))
+    if family == "dpu":
+        quant = path("quant_onnx")
         early, later = quant / "early.onnx", quant / "later.onnx"
         found["int8 fake-quant (ONNX Runtime)"] = Streaming(StreamingSplit(grid, OnnxRuntimeRunner(early),
                                                                            OnnxRuntimeRunner(later)))
