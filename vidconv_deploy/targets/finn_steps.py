@@ -87,6 +87,16 @@ def _mapped(ctx: ExportContext) -> tuple[bool, str]:
     return not unmapped, "unmapped nodes: " + ", ".join(unmapped)
 
 
+def _needs_hw_layers(ctx: ExportContext, run: StepRun) -> bool:
+    """Steps past HW conversion run only when every node mapped; otherwise they say which nodes stopped them."""
+    mapped, detail = _mapped(ctx)
+    if not mapped:
+        run.not_run(detail)
+    else:
+        _session(ctx)
+    return mapped
+
+
 @step("finn_model", "FINN model")
 def step_finn_model(ctx: ExportContext, run: StepRun) -> None:
     """The FINN variant at --bits, calibrated (or a QAT-trained FINN checkpoint as is); both models into the bundle."""
@@ -140,12 +150,9 @@ def step_convert_to_hw(ctx: ExportContext, run: StepRun) -> None:
 @step("verify_chain", "verify bit-exact chain")
 def step_verify_chain(ctx: ExportContext, run: StepRun) -> None:
     """The verdict ``bit_exact``: Brevitas (float64) = FINN streamlined = FINN HW on real clips, QONNX within 1 LSB."""
-    mapped, detail = _mapped(ctx)
-    if not mapped:
+    if not _needs_hw_layers(ctx, run):
         ctx.set("chain", {"bit_exact": False, "reason": "not run: unmapped nodes"})
-        run.not_run(detail)
         return
-    _session(ctx)
     from vidconv_deploy.finn.chain import GraphForms, verify_chain
 
     forms = {g: GraphForms(ctx.value(f"qonnx_{g}"), ctx.value(f"streamlined_{g}"), ctx.value(f"hw_{g}")) for g in GRAPHS}
@@ -160,11 +167,8 @@ def step_verify_chain(ctx: ExportContext, run: StepRun) -> None:
 @step("dataflow", "dataflow", per_graph=True)
 def step_dataflow(ctx: ExportContext, run: StepRun) -> None:
     """Dataflow partition, SpecializeLayers for the board's part, folding to --fps (URAM where the part has it)."""
-    mapped, detail = _mapped(ctx)
-    if not mapped:
-        run.not_run(detail)
+    if not _needs_hw_layers(ctx, run):
         return
-    _session(ctx)
     flow, graph = _flow(), run.graph
     board, fps = get_board(ctx.target.board["name"]), ctx.options.fps
     frames = ctx.model.cfg.frames if graph == "early" else 1
@@ -181,11 +185,8 @@ def step_dataflow(ctx: ExportContext, run: StepRun) -> None:
 
 @step("estimate", "estimate", per_graph=True)
 def step_estimate(ctx: ExportContext, run: StepRun) -> None:
-    mapped, detail = _mapped(ctx)
-    if not mapped:
-        run.not_run(detail)
+    if not _needs_hw_layers(ctx, run):
         return
-    _session(ctx)
     board = get_board(ctx.target.board["name"])
     ctx.set(f"estimate_{run.graph}", _flow().estimate(ctx.value(f"dataflow_{run.graph}"), board.part))
 
@@ -229,10 +230,8 @@ def step_finn_report(ctx: ExportContext, run: StepRun) -> None:
 def step_finn_build(ctx: ExportContext, run: StepRun) -> None:
     """``finn build`` (stitched IP, bitfile, driver) where Vivado is; otherwise its configs and scripts, not run."""
     board = get_board(ctx.target.board["name"])
-    mapped, detail = _mapped(ctx)
-    if not mapped:
+    if not _needs_hw_layers(ctx, run):
         build = {"built": False, "reason": "unmapped nodes"}
-        run.not_run(detail)
     else:
         script = write_build(ctx.bundle, board, _flow().CLK_NS)
         build = run_build(script, board, run.record)
