@@ -26,6 +26,16 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def os_error_line(err: OSError) -> str:
+    """A file the system refused, in one line: which, why, and what to do."""
+    where = f" {err.filename}" if err.filename else ""
+    if isinstance(err, IsADirectoryError) and err.filename:
+        return f"{err.filename} is a folder: give the path of a file"
+    if isinstance(err, NotADirectoryError) and err.filename:
+        return f"cannot use {err.filename}: it, or a folder above it, is a file: give a path in a folder"
+    return f"cannot use{where}: {one_line(err.strerror or str(err))}: check the path and its permissions"
+
+
 def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     """Run a command's ``body``; every failure becomes ``prog: error: ...`` on one line and its exit code."""
     try:
@@ -37,9 +47,7 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except OSError as err:
-        where = f" {err.filename}" if err.filename else ""
-        print(f"{prog}: error: cannot use{where}: {err.strerror or one_line(str(err))}: check the path and its "
-              f"permissions", file=sys.stderr)
+        print(f"{prog}: error: {one_line(os_error_line(err))}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as err:  # a tool error: one line, the traceback on request
         if os.environ.get(DEBUG_ENV) == "1":

@@ -17,8 +17,13 @@ bit-exact, does not fit the board: --allow-unfit accepts that); 2 bad input or a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +34,28 @@ from rich.table import Table
 
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.cli.common import run_main
-from vidconv_deploy.cli.info import parse_grid
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.bundle import MANIFEST
+from vidconv_deploy.export.bundle import MANIFEST, remove_dead_leftovers
 from vidconv_deploy.finn.checkpoint import finn_metadata
-from vidconv_deploy.models.config import arch_names, split_arch
+from vidconv_deploy.models.config import arch_names, arch_spec, parse_grid, split_arch
 from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv, build_model
 from vidconv_deploy.models.zoo import model_card, shipped_weights
-from vidconv_deploy.targets.export import Outcome, export_bundle
+from vidconv_deploy.targets.export import Outcome, bundle_dir, export_bundle, read_finished_manifest
 from vidconv_deploy.targets.families import add_family_arguments, family, reject_foreign_flags
 from vidconv_deploy.targets.registry import Target, get_target, target_names
+from vidconv_deploy.targets.steps import check_step_name, resolve_steps
 
 DEFAULT_SEED = 0
 #: Defaults of the model flags when no checkpoint decides them (None in the parser means "not given").
 MODEL_DEFAULTS = {"frames": 9, "classes": 400}
+#: Largest model flags taken: beyond them a clip or a head no longer fits in memory (a typo, not a model).
+MAX_FRAMES = 256
+MAX_IMAGE_SIZE = 2048
+MAX_CLASSES = 100_000
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidconv-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="onnx", help="a target name (default: onnx); --list-targets shows them all")
@@ -67,20 +76,58 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stop-after", metavar="STEP", help="run the steps up to this one; the rest are recorded as not run")
     parser.add_argument("--json", action="store_true", help="print the verdict and the artifact list as JSON on stdout")
     add_family_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def validate_model_flags(args: argparse.Namespace) -> None:
     """Numbers a model cannot have are one-line errors before anything is loaded."""
-    for flag, value in (("--frames", args.frames), ("--classes", args.classes)):
+    if args.arch is not None:
+        arch_spec(args.arch)  # an unknown (or empty) name is an error with the closest names, not the default
+    for flag, value, most in (("--frames", args.frames, MAX_FRAMES), ("--classes", args.classes, MAX_CLASSES)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: give a positive number")
-    if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):
-        raise UserError(f"--image-size {args.image_size}: give a multiple of 32, at least 32 (e.g. 64 or 224)")
+        if value is not None and value > most:
+            raise UserError(f"{flag} {value}: give at most {most:,}")
+    if args.image_size is not None and (args.image_size < 32 or args.image_size % 32 or args.image_size > MAX_IMAGE_SIZE):
+        raise UserError(f"--image-size {args.image_size}: give a multiple of 32 from 32 to {MAX_IMAGE_SIZE} (e.g. 64 or 224)")
     grid = parse_grid(args.grid)
+    if grid is not None and grid[0] * grid[1] > MAX_FRAMES:
+        raise UserError(f"--grid {args.grid} holds {grid[0] * grid[1]:,} frames: give at most {MAX_FRAMES} (e.g. --grid 3x3)")
     if grid is not None and args.frames is not None and grid[0] * grid[1] != args.frames:
         raise UserError(f"--grid {args.grid} holds {grid[0] * grid[1]} frames, not --frames {args.frames}: "
                         f"give one of them, or both in agreement")
+
+
+def validate_steps(args: argparse.Namespace, target: Target) -> None:
+    """--start-from and --stop-after name steps of this target, in order (before any model is loaded)."""
+    steps = resolve_steps(target.step_names, f"recipe {target.source}")
+    check_step_name(args.start_from, steps, "--start-from")
+    check_step_name(args.stop_after, steps, "--stop-after")
+    names = [s.name for s in steps]
+    if args.start_from and args.stop_after and names.index(args.stop_after) < names.index(args.start_from):
+        raise UserError(f"--stop-after {args.stop_after} comes before --start-from {args.start_from}: swap them")
+
+
+def validate_out(out: Path) -> None:
+    """--out is a folder, or can be made one, where this process may create folders (the bundle is staged beside
+    its final place): checked by making and removing an empty folder, before any work, writing nothing."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder (the bundle goes to --out/<arch>-<target>/)")
+    existing = out.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, not a folder: give a folder (the bundle goes to "
+                        f"--out/<arch>-<target>/)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vidconv-export-probe.", dir=existing))
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create a folder in {existing} ({err.strerror or err}): give a folder "
+                        f"this user can write") from None
 
 
 def conflicts(args: argparse.Namespace, model: VidConv, source: str) -> None:
@@ -105,6 +152,8 @@ def choose_weights(args: argparse.Namespace, target: Target) -> tuple[Path | Non
     """The checkpoint to load (given, or the target's shipped default when no --arch is given) and the shipped FINN one."""
     shipped_finn = shipped_weights(f"vic-nano-finn-{args.bits.lower()}") if target.family == "finn" else None
     if args.checkpoint is not None:
+        if args.checkpoint.is_dir():
+            raise UserError(f"checkpoint {args.checkpoint} is a folder: give the path of a weights file")
         if not args.checkpoint.is_file():
             raise UserError(f"checkpoint {args.checkpoint} does not exist: give the path of a weights file")
         return args.checkpoint, shipped_finn
@@ -120,10 +169,13 @@ def load_weights(args: argparse.Namespace, target: Target) -> tuple[torch.nn.Mod
     # calibrated scales put values exactly on rounding ties, where FINN and Brevitas round differently.
     random_init = {"layer_scale_init": 1.0} if target.family == "finn" else {}
 
+    grid = parse_grid(args.grid)
+    # --grid alone decides the frames (a 2x2 grid holds 4), as --frames alone decides the grid.
+    frames = args.frames or (grid[0] * grid[1] if grid else MODEL_DEFAULTS["frames"])
+
     def build(**init: float) -> VidConv:
-        return build_model(arch, num_classes=args.classes or MODEL_DEFAULTS["classes"],
-                           frames=args.frames or MODEL_DEFAULTS["frames"], image_size=args.image_size,
-                           neck=not args.no_neck, grid=parse_grid(args.grid), **init)
+        return build_model(arch, num_classes=args.classes or MODEL_DEFAULTS["classes"], frames=frames,
+                           image_size=args.image_size, neck=not args.no_neck, grid=grid, **init)
 
     checkpoint, shipped_finn = choose_weights(args, target)
     if checkpoint is not None and finn_metadata(checkpoint) is not None:
@@ -131,6 +183,11 @@ def load_weights(args: argparse.Namespace, target: Target) -> tuple[torch.nn.Mod
             raise UserError(f"{checkpoint} is a FINN checkpoint (vidconv-finetune --qat): export it with --target finn-<board>")
         model, weights = load_finn_weights(checkpoint, shipped=checkpoint == shipped_finn)
         conflicts(args, model, str(checkpoint))
+        if getattr(args, "bits_given", None) is None:
+            args.bits = str(model.bits)
+        elif str(model.bits) != args.bits:
+            raise UserError(f"--bits {args.bits_given} conflicts with {checkpoint}, a FINN model at {model.bits}: drop "
+                            f"--bits, or give a float checkpoint to quantize at {args.bits}")
         return model, weights
     if checkpoint is not None:
         model, report = load_model(checkpoint, build)
@@ -180,7 +237,7 @@ def to_dpu_variant(model: VidConv) -> tuple[VidConv, str]:
     note = (f"{model.cfg.arch} converted to {variant.cfg.arch} (LayerNorm -> BatchNorm with unit statistics, GELU -> ReLU) "
             f"without distillation: accuracy is NOT that of the faithful model; run vidconv-finetune --teacher CKPT "
             f"--student {variant.cfg.arch} first ({len(initialised)} BatchNorm statistics initialised)")
-    Console(stderr=True).print(f"[yellow]warning:[/] {note}")
+    Console(stderr=True).print(f"[yellow]warning:[/] {note}", soft_wrap=True)
     return variant.eval(), note
 
 
@@ -263,15 +320,21 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.list_targets:
         print_targets(Console())
         return 0
+    # Every check that needs no model comes first: nothing is loaded, decoded or written before them.
     target = get_target(args.target)
     reject_foreign_flags(target, args)
     validate_model_flags(args)
+    validate_steps(args, target)
+    args.bits_given = getattr(args, "bits", None)
     family(target.family).validate(target, args)
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} is a file: give a folder (the bundle goes to --out/<arch>-<target>/)")
-    console = Console(stderr=True)
+    validate_out(args.out)
+    console = Console(stderr=True, soft_wrap=True)
     model, weights = load_weights(args, target)
-    console.print(f"weights: {weights.get('report', weights['source'])}")
+    final = bundle_dir(args.out, model.cfg.arch, target.name)
+    remove_dead_leftovers(final)  # a killed run's staging folder; a bundle a killed swap had moved aside goes back
+    if args.start_from:  # before the inputs are decoded: a --start-from without a finished bundle is bad input
+        read_finished_manifest(final)
+    console.print(f"weights: {weights.get('report', weights['source'])}", highlight=False, markup=False)
     values = step_inputs(args, target, model, weights)
     outcome = export_bundle(target, model, weights, args, args.out, values, seed=DEFAULT_SEED)
     if args.json:
@@ -281,10 +344,29 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         out = Console()
         out.print(artifacts_table(outcome, f"{model.cfg.arch} -> {target.name}: {outcome.directory}"))
-        for line in summary_lines(outcome):
-            out.print(line, highlight=False)
+        for line in summary_lines(outcome):  # one line each, however long: CI logs are read with grep
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
     return outcome.verdict.exit_code
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI job's timeout, ``kill``) interrupts the export as Ctrl-C does, so its staging folder is removed
+    on the way out instead of waiting for the next run to clean it up (only SIGKILL leaves one behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("vidconv-export", _main, argv)
+    with terminate_as_interrupt():
+        return run_main("vidconv-export", _main, argv)

@@ -144,21 +144,56 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_dead_partials(final: Path) -> None:
-    """Remove staging folders of ``final`` left by runs that were killed (their process is gone)."""
+def _owner_pid(final: Path, leftover: Path) -> int | None:
+    """The process id in the name of a staging or aside folder of ``final`` (``.<name>.<pid>.…``)."""
+    pid = leftover.name[len(final.name) + 2:].split(".")[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def remove_dead_leftovers(final: Path) -> None:
+    """Clean up after runs that were killed (their process is gone).
+
+    Their staging folders are removed. An older bundle a run had moved aside just before moving its
+    new one in (a kill between the two renames of :func:`swap_into_place`) is put back at ``final``
+    when nothing is there, as the killed run never finished, and removed otherwise.
+    """
+    for aside in sorted(final.parent.glob(f".{final.name}.*.old.*")):
+        pid = _owner_pid(final, aside)
+        if pid is None or _pid_alive(pid) or not aside.is_dir():
+            continue
+        if not final.exists() and (aside / MANIFEST).is_file():
+            os.rename(aside, final)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
     for stale in final.parent.glob(f".{final.name}.*{PARTIAL_SUFFIX}"):
-        pid = stale.name[len(final.name) + 2: -len(PARTIAL_SUFFIX)].split(".")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        pid = _owner_pid(final, stale)
+        if pid is not None and not _pid_alive(pid):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _apply_umask(root: Path) -> None:
+    """Give every folder and file of ``root`` the mode the umask gives new ones (0o666, or 0o777 for folders and
+    executables, less the umask), whoever wrote it: tools that chmod a script 0o755 or copy a file with its mode
+    would otherwise leave a bundle that the group sharing a build folder cannot update."""
+    mask = current_umask()
+    root.chmod(0o777 & ~mask)
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            path.chmod(0o777 & ~mask)
+        elif path.is_file():
+            path.chmod((0o777 if path.stat().st_mode & 0o111 else 0o666) & ~mask)
 
 
 def swap_into_place(staging: Path, final: Path) -> None:
     """Put the finished ``staging`` folder at ``final``; an older bundle there is replaced only now.
 
     Two renames: the old bundle moves aside, the new one moves in, the old one is deleted. A kill
-    between the two renames leaves the old bundle complete under its aside name, never a mix.
+    between the two renames leaves the old bundle complete under its aside name, never a mix (the
+    next run puts it back, see :func:`remove_dead_leftovers`).
     """
-    staging.chmod(0o777 & ~current_umask())
+    _apply_umask(staging)
     if final.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.old.", dir=final.parent))
         aside.rmdir()
@@ -180,7 +215,7 @@ def staged_bundle(final: Path, target: str) -> Iterator[Bundle]:
         raise UserError(f"{final} exists and is not a folder: give --out a folder (the bundle goes to "
                         f"--out/<arch>-<target>/)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_partials(final)
+    remove_dead_leftovers(final)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=final.parent))
     try:
         yield Bundle(staging, target)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from pathlib import Path
 
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.targets.registry import Target, Tool
+
+#: Most calibration clips taken (without --calib each is a synthetic video made first).
+MAX_CALIB_CLIPS = 1024
 
 
 def _package(name: str) -> str | None:
@@ -44,11 +48,11 @@ def add_finn_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def validate_calibration(target: Target, options: argparse.Namespace) -> None:
-    """--calib and --eval name readable folders, --calib-clips is positive (checked before any work)."""
+    """--calib and --eval name readable folders, --calib-clips is 1 to MAX_CALIB_CLIPS (checked before any work)."""
     if options.calib_clips is None:
         options.calib_clips = int(target.calibration.get("clips", 16))
-    if options.calib_clips < 1:
-        raise UserError(f"--calib-clips {options.calib_clips}: give at least 1 calibration clip")
+    if not 1 <= options.calib_clips <= MAX_CALIB_CLIPS:
+        raise UserError(f"--calib-clips {options.calib_clips}: give 1 to {MAX_CALIB_CLIPS} calibration clips")
     if options.calib is not None and not options.calib.is_dir():
         raise UserError(f"--calib {options.calib} is not a folder: give a dataset folder or a folder of videos")
     if options.eval is not None:
@@ -67,9 +71,10 @@ def validate_finn(target: Target, options: argparse.Namespace) -> None:
     from vidconv_deploy.finn.model import Bits
 
     require_finn()
-    options.bits = str(Bits.parse(options.bits or str(target.quantizer.get("bits", "w4a4"))))
-    if options.fps is not None and not options.fps > 0:
-        raise UserError(f"--fps {options.fps}: give a positive folding target in clips per second (or leave it out)")
+    given = options.bits if options.bits is not None else str(target.quantizer.get("bits", "w4a4"))
+    options.bits = str(Bits.parse(given))
+    if options.fps is not None and not (options.fps > 0 and math.isfinite(options.fps)):
+        raise UserError(f"--fps {options.fps:g}: give a positive folding target in clips per second (or leave it out)")
     validate_calibration(target, options)
 
 
