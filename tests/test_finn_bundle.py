@@ -23,6 +23,7 @@ from vidconv_deploy.finn.pipeline import export_qonnx, prepare_model  # noqa: E4
 
 ROLES = {f"{kind}_{graph}" for kind in ("qonnx", "finn_streamlined", "finn_dataflow", "folding_config")
          for graph in ("early", "later")} | {"finn_report", "finn_log", "finn_build", "finn_checkpoint", "float_checkpoint",
+                                                    "compliance_json",
                                                     "report", "report_html", "report_files"}
 FINN_ROW = "FINN w4a4 (Brevitas, bit-exact with the accelerator)"
 

@@ -31,6 +31,24 @@ def is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or the closest folder above it that exists: where a write to ``path`` would really land."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
+def cannot_create_in(folder: Path) -> OSError | None:
+    """Why a file or folder cannot be made in ``folder`` (None if it can), found by making and removing an empty
+    folder: permission bits alone do not tell (root, read-only mounts, /proc)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vidconv-probe.", dir=folder))
+    except OSError as err:
+        return err
+    return None
+
+
 def _check_target(final: Path) -> None:
     """A file can be put at ``final``: it is not a folder, and no part of the path above it is a file.
 
@@ -39,9 +57,7 @@ def _check_target(final: Path) -> None:
     """
     if final.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(final))
-    above = final.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = nearest_existing(final.parent)
     if not above.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(above))
 

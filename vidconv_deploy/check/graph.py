@@ -87,6 +87,8 @@ def _read(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
     path = Path(model)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: pass the path of an .onnx model")
     if not path.is_file():
         raise UserError(f"{path}: no such file; pass the path of an .onnx model")
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vidconv_deploy.atomic import write_text
+from vidconv_deploy.atomic import nearest_existing, write_text
 from vidconv_deploy.check import check_model, list_targets
 from vidconv_deploy.check.report import junit_xml, print_table
 from vidconv_deploy.cli.common import run_main
@@ -53,6 +53,12 @@ def rule_set_of(name: str) -> str:
 
 def _body(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.junit is not None:  # a report that cannot be written fails before the check, not after it
+        where = nearest_existing(args.junit.parent)
+        if args.junit.is_dir():
+            raise UserError(f"--junit {args.junit} is a folder: give a file path for the JUnit XML report")
+        if not where.is_dir():
+            raise UserError(f"--junit {args.junit}: cannot use {where}: it is a file, not a folder: give another path")
     result = check_model(args.model, rule_set_of(args.target))
     if args.junit:
         write_text(args.junit, junit_xml(result))

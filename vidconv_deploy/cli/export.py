@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from vidconv_deploy.atomic import cannot_create_in, nearest_existing
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.errors import UserError
@@ -117,17 +116,14 @@ def validate_out(out: Path) -> None:
     its final place): checked by making and removing an empty folder, before any work, writing nothing."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder (the bundle goes to --out/<arch>-<target>/)")
-    existing = out.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(out)
     if not existing.is_dir():
         raise UserError(f"--out {out}: {existing} is a file, not a folder: give a folder (the bundle goes to "
                         f"--out/<arch>-<target>/)")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".vidconv-export-probe.", dir=existing))
-    except OSError as err:
+    err = cannot_create_in(existing)
+    if err is not None:
         raise UserError(f"--out {out}: cannot create a folder in {existing} ({err.strerror or err}): give a folder "
-                        f"this user can write") from None
+                        f"this user can write")
 
 
 def conflicts(args: argparse.Namespace, model: VidConv, source: str) -> None:

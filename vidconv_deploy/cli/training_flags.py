@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+from vidconv_deploy.atomic import cannot_create_in, nearest_existing
 from vidconv_deploy.errors import UserError
 
 EXIT_CODES = """exit codes:
@@ -39,10 +40,8 @@ def check_out(out: Path) -> None:
         raise UserError(f"--out {out} is a folder: give a file path, e.g. --out {out / 'model.safetensors'}")
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out} does not end in .safetensors: write e.g. --out {out.with_suffix('.safetensors')}")
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(out.parent)
     if not folder.is_dir():
         raise UserError(f"--out {out} is under {folder}, which is a file: choose another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK) or cannot_create_in(folder) is not None:
         raise UserError(f"cannot write into {folder}: choose a writable --out")

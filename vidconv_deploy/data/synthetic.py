@@ -40,7 +40,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vidconv_deploy.atomic import atomic_path, write_text
+from vidconv_deploy.atomic import atomic_path, nearest_existing, write_text
 from vidconv_deploy.errors import UserError
 
 GENERATOR = "vidconv-synthetic-motion"
@@ -272,9 +272,7 @@ def _check_writable(out: Path) -> None:
     traceback from a worker process; ``os.access`` also answers for read-only mounts, where even
     root cannot write.
     """
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(out)
     if not folder.is_dir():
         raise UserError(f"--out {out} is under {folder}, which is a file: give a folder path")
     if not os.access(folder, os.W_OK | os.X_OK):

@@ -98,7 +98,8 @@ def run_steps(ctx: ExportContext, steps: Sequence[Step], start_from: str | None 
                 with observe(record):
                     s.run(ctx, StepRun(graph, record))
             except StopPipeline as stop:
-                stopped = f"not run: {stop.reason}"
+                record.update(status="failed", reason=stop.reason)
+                stopped = stop.reason
             if record["status"] != "not run":
                 record["seconds"] = round(time.perf_counter() - start, 3)
             ctx.bundle.steps.append(record)
