@@ -56,7 +56,8 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 
 def test_list_targets() -> None:
-    assert list_targets() == ["dpu-kv260", "dpu-vck190", "dpu-vek280", "dpu-zcu102", "dpu-zcu104", "finn", "onnx"]
+    assert list_targets() == ["dpu-kv260", "dpu-vck190", "dpu-vek280", "dpu-zcu102", "dpu-zcu104", "finn", "finn-kv260",
+                              "finn-pynq-z2", "finn-vck190", "finn-zcu104", "onnx"]
 
 
 def test_compliant_model_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,7 +93,7 @@ def test_junit_has_a_failure_per_violation(tmp_path: Path, capsys: pytest.Captur
         ("garbage", "dpu-kv260", "{path}: not an ONNX model (DecodeError); export it with torch.onnx.export"),
         (cyclic_model, "dpu-kv260", "graph has a cycle through node 'first': an ONNX graph must be acyclic; re-export the model"),
         (custom_domain_model, "dpu-kv260", "node 'swish1' (Swish) uses unknown op domain 'com.acme': export it with standard ONNX ops (domain ai.onnx)"),
-        (good_model, "dpu-kv26", "unknown target 'dpu-kv26': did you mean dpu-kv260 or dpu-vek280 or dpu-zcu102?"),
+        (good_model, "dpu-kv26", "unknown target 'dpu-kv26': did you mean dpu-kv260 or dpu-vek280 or finn-kv260?"),
     ],
     ids=["missing", "not-onnx", "cycle", "unknown-domain", "target-typo"],
 )
