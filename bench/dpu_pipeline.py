@@ -25,7 +25,7 @@ import torch
 
 from vidconv_deploy import build_model
 from vidconv_deploy.data.calibration import calibration_clips
-from vidconv_deploy.export.onnx_export import ort_session
+from vidconv_deploy.onnx_session import ort_session
 from vidconv_deploy.reference import run_reference
 from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.export import export_bundle

@@ -19,7 +19,7 @@ from vidconv_deploy.dpu import vaiq_script
 from vidconv_deploy.dpu.boards import dpu_board, dpu_targets
 from vidconv_deploy.dpu.graph_spec import graph_spec
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.bundle import Bundle
+from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.export.deploy_model import to_deploy
 from vidconv_deploy.export.onnx_export import MethodModule, export_graph, run_onnx
 from vidconv_deploy.export.passes import STANDARD_PASSES, FoldBatchNorms, SplitTemporalChannels, apply_passes

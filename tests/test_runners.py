@@ -13,7 +13,8 @@ from torch import nn
 from vidconv_deploy import build_model
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.deploy_model import to_deploy
-from vidconv_deploy.export.onnx_export import MethodModule, ort_session, relative_error
+from vidconv_deploy.export.onnx_export import MethodModule, relative_error
+from vidconv_deploy.onnx_session import ort_session
 from vidconv_deploy.export.passes import STANDARD_PASSES, apply_passes
 from vidconv_deploy.models.collage import frames_to_collage
 from vidconv_deploy.quant import quantize_onnx

@@ -3,10 +3,10 @@
 from vidconv_deploy.checkpoints import LoadReport, load_checkpoint, load_model, save_checkpoint
 from vidconv_deploy.errors import CheckpointError, UserError
 from vidconv_deploy.models import VidConv, ViCConfig, build_model
-
-__version__ = "0.1.0"
+from vidconv_deploy.version import __version__
 
 __all__ = [
+    "__version__",
     "CheckpointError",
     "LoadReport",
     "UserError",

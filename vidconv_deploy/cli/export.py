@@ -34,7 +34,7 @@ from vidconv_deploy.atomic import cannot_create_in, nearest_existing
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.bundle import MANIFEST, remove_dead_leftovers
+from vidconv_deploy.bundle import MANIFEST, remove_dead_leftovers
 from vidconv_deploy.finn.checkpoint import finn_metadata
 from vidconv_deploy.models.config import arch_names, arch_spec, parse_grid, split_arch
 from vidconv_deploy.models.variants import init_variant

@@ -35,13 +35,13 @@ import onnx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from vidconv_deploy import __version__
+from vidconv_deploy.version import __version__
 from vidconv_deploy.atomic import atomic_path, write_bytes, write_text
 from vidconv_deploy.dpu import vaiq_script
 from vidconv_deploy.dpu.boards import DpuBoard, dpu_board
 from vidconv_deploy.dpu.graph_spec import graph_spec
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.bundle import Bundle
+from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
 
 COMPILE_DIR = "compile"
@@ -316,8 +316,8 @@ def run_compile(plan: CompilePlan, bundle: Bundle | None = None) -> CompileResul
     """Run ``compile.sh`` where the Vitis AI tools are; otherwise say exactly what did not run and why."""
     missing = missing_tools()
     if missing:
-        result = CompileResult(False, "; ".join(missing) + f": no xmodel was built; run compile/docker_run.sh "
-                                                          f"(the Vitis AI image from docker/vitis-ai) to build it")
+        result = CompileResult(False, "; ".join(missing) + ": no xmodel was built; run compile/docker_run.sh "
+                                                          "(the Vitis AI image from docker/vitis-ai) to build it")
         if bundle is not None:
             bundle.not_run(STEP, result.reason, script=f"{COMPILE_DIR}/compile.sh", docker_command=plan.docker_command)
         return result

@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import onnxsim
 import torch
 from torch import nn
+
+from vidconv_deploy.onnx_session import run_onnx
 
 OPSET = 17
 #: Shape-computation and control-flow ops a static deploy graph must not contain.
@@ -93,20 +94,6 @@ def export_graph(
     return ExportedGraph(
         model, input_name, tuple(example.shape), output_name, tuple(expected.shape), relative_error(got, expected)
     )
-
-
-def ort_session(model: onnx.ModelProto | bytes) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with graph optimisations off, so it computes what the graph says
-    (with them on, ORT would fuse QDQ pairs into integer kernels with their own rounding)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a graph once with :func:`ort_session`."""
-    return ort_session(model).run(None, feeds)
 
 
 def relative_error(got: np.ndarray, expected: np.ndarray) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vidconv_deploy.export.bundle import Bundle
+from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.finn.boards import RESOURCES
 from vidconv_deploy.finn.report import GRAPHS
 from vidconv_deploy.plots import save_layer_bars

@@ -17,7 +17,7 @@ from torch import nn
 
 from vidconv_deploy.atomic import write_text
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.bundle import Bundle
+from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.finn.boards import Board
 from vidconv_deploy.finn.model import FinnViC, GraphPart, calibrate, from_float
 from vidconv_deploy.finn.report import GRAPHS

@@ -31,7 +31,6 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -62,6 +61,7 @@ from vidconv_deploy.quant.graph import (
     Node,
     analyse,
 )
+from vidconv_deploy.version import __version__
 
 ZERO_POINT = "quant_zero_point_int8"
 
@@ -283,13 +283,6 @@ def build_qdq(plan: GraphPlan, pos: Positions) -> tuple[onnx.ModelProto, dict[st
     return model, tensors, params, approximations
 
 
-def _package_version() -> str:
-    try:
-        return version("vidconv-deploy")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def quantize_onnx(
     float_model: onnx.ModelProto,
     calib_feeds: Iterable[dict[str, np.ndarray]],
@@ -320,7 +313,7 @@ def quantize_onnx(
         "input": {},
         "fast_finetuned": False,
         "bias_corrected": False,
-        "version": f"vidconv_deploy {_package_version()} (vai_q_pytorch 3.5 DPU rules)",
+        "version": f"vidconv_deploy {__version__} (vai_q_pytorch 3.5 DPU rules)",
         "graph_md5": hashlib.md5(float_model.SerializeToString()).hexdigest(),
         # ours: how the vai_q-style entries map onto the ONNX graphs, and how they were reached
         "onnx": {

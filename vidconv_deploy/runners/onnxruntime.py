@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.onnx_export import ort_session
+from vidconv_deploy.onnx_session import ort_session
 from vidconv_deploy.runners.base import Runner, Tensors
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.bundle import Bundle
+from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.verdict import Verdict
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.export.bundle import MANIFEST, Bundle, staged_bundle
+from vidconv_deploy.bundle import MANIFEST, Bundle, staged_bundle
 from vidconv_deploy.targets import dpu_steps, evaluate_step, finn_steps, onnx_steps  # noqa: F401 (registers steps)
 from vidconv_deploy.targets.context import ExportContext
 from vidconv_deploy.targets.registry import Target

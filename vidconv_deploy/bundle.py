@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx
 
-from vidconv_deploy import __version__
+from vidconv_deploy.version import __version__
 from vidconv_deploy import strict_json
 from vidconv_deploy.atomic import current_umask, is_temporary, write_bytes
 from vidconv_deploy.errors import UserError

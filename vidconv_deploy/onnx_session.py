@@ -1,0 +1,21 @@
+"""ONNX Runtime sessions that compute what a graph says: every comparison in the toolchain runs through them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def ort_session(model: onnx.ModelProto | bytes) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with graph optimisations off, so it computes what the graph says
+    (with them on, ORT would fuse QDQ pairs into integer kernels with their own rounding)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a graph once with :func:`ort_session`."""
+    return ort_session(model).run(None, feeds)
