@@ -88,7 +88,7 @@ def test_grid_from_frames(frames, grid):
     ({"frames": 6, "grid": (2, 2)}, "grid 2x2 holds 4 frames, not 6"),
     ({"image_size": 100}, "image size 100x100 is not a multiple of 32"),
     ({"image_size": (64, 48)}, "image size 64x48 is not a multiple of 32"),
-    ({"num_classes": 0}, "num_classes must be positive"),
+    ({"num_classes": 0}, "0 classes: give a positive number"),
 ])
 def test_bad_configs(kwargs, message):
     with pytest.raises(UserError, match=message):

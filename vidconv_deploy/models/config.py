@@ -74,7 +74,7 @@ def grid_for_frames(frames: int) -> tuple[int, int]:
     if frames < 1 or side * side != frames:
         raise UserError(
             f"{frames} frames do not form a square collage: give the grid explicitly "
-            f"(e.g. grid=(2, 3) for 6 frames) or use a square number of frames (4, 9, 16)"
+            f"(e.g. --grid 2x3 for 6 frames; grid=(2, 3) in Python) or a square number of frames (--frames 4, 9 or 16)"
         )
     return side, side
 
@@ -134,9 +134,10 @@ class ViCConfig:
                     f"use e.g. 224, 256 or 64"
                 )
         if min(self.grid) < 1:
-            raise UserError(f"grid {self.grid} must have at least one row and one column")
+            raise UserError(f"grid {self.grid[0]}x{self.grid[1]} has no frames: give at least one row and one column "
+                            f"(e.g. --grid 2x3)")
         if self.num_classes < 1:
-            raise UserError(f"num_classes must be positive, got {self.num_classes}")
+            raise UserError(f"{self.num_classes} classes: give a positive number (--classes; num_classes in Python)")
 
     @property
     def frames(self) -> int:
@@ -195,7 +196,8 @@ def make_config(
     else:
         grid = _pair(grid)
         if grid[0] * grid[1] != frames:
-            raise UserError(f"grid {grid[0]}x{grid[1]} holds {grid[0] * grid[1]} frames, not {frames}")
+            raise UserError(f"grid {grid[0]}x{grid[1]} holds {grid[0] * grid[1]} frames, not {frames}: give --grid and "
+                            f"--frames in agreement, or only one of them")
     fields: dict[str, Any] = {
         "arch": arch,
         "dims": spec.dims,
