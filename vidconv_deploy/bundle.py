@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -33,6 +34,14 @@ from vidconv_deploy.errors import UserError
 MANIFEST = "manifest.json"
 #: Packages whose versions every manifest records.
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "numpy")
+
+
+def read_manifest(directory: Path, fix: str = "give the folder vidconv-export wrote (--out/<arch>-<target>)") -> dict:
+    """A finished bundle's manifest; a folder without a readable one is not a finished bundle (``fix`` says what to do)."""
+    try:
+        return json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"{directory} holds no readable {MANIFEST}: {fix}") from None
 
 
 def tool_versions() -> dict[str, str]:

@@ -21,7 +21,7 @@ from vidconv_deploy.atomic import write_text
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.evaluate.bundle_scores import check_limit, evaluate_bundle
-from vidconv_deploy.evaluate.classifiers import read_manifest
+from vidconv_deploy.bundle import read_manifest
 from vidconv_deploy.evaluate.run import ORDERS
 from vidconv_deploy.report import Report
 

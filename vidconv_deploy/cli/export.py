@@ -34,13 +34,13 @@ from vidconv_deploy.atomic import cannot_create_in, nearest_existing
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.bundle import MANIFEST, remove_dead_leftovers
+from vidconv_deploy.bundle import MANIFEST, read_manifest, remove_dead_leftovers
 from vidconv_deploy.finn.checkpoint import finn_metadata
 from vidconv_deploy.models.config import arch_names, arch_spec, parse_grid, split_arch
 from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv, build_model
-from vidconv_deploy.models.zoo import model_card, shipped_weights
-from vidconv_deploy.targets.export import Outcome, bundle_dir, export_bundle, read_finished_manifest
+from vidconv_deploy.models.zoo import shipped_class_names, shipped_weights
+from vidconv_deploy.targets.export import START_FROM_FIX, Outcome, bundle_dir, export_bundle
 from vidconv_deploy.targets.families import add_family_arguments, family, reject_foreign_flags
 from vidconv_deploy.targets.registry import Target, get_target, target_names
 from vidconv_deploy.targets.steps import check_step_name, resolve_steps
@@ -239,7 +239,7 @@ def to_dpu_variant(model: VidConv) -> tuple[VidConv, str]:
 
 def class_names(args: argparse.Namespace, model: VidConv) -> list[str]:
     """Class names from the shipped model card, else the calibration/eval dataset's classes.txt, else class_<i>."""
-    names = model_card(model.cfg.arch).get("data", {}).get("classes", [])
+    names = shipped_class_names(model.cfg.arch, model.cfg.num_classes) or []
     for folder in (getattr(args, "eval", None), getattr(args, "calib", None)):
         if not names and folder is not None and (folder / "classes.txt").is_file():
             names = (folder / "classes.txt").read_text(encoding="utf-8", errors="replace").split()
@@ -329,7 +329,7 @@ def _main(argv: Sequence[str] | None) -> int:
     final = bundle_dir(args.out, model.cfg.arch, target.name)
     remove_dead_leftovers(final)  # a killed run's staging folder; a bundle a killed swap had moved aside goes back
     if args.start_from:  # before the inputs are decoded: a --start-from without a finished bundle is bad input
-        read_finished_manifest(final)
+        read_manifest(final, START_FROM_FIX)
     console.print(f"weights: {weights.get('report', weights['source'])}", highlight=False, markup=False)
     values = step_inputs(args, target, model, weights)
     outcome = export_bundle(target, model, weights, args, args.out, values, seed=DEFAULT_SEED)

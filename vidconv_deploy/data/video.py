@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import av
@@ -105,6 +105,37 @@ def _resized_size(width: int, height: int, short_side: int, crop: tuple[int, int
     return max(crop[1], round(width * scale)), max(crop[0], round(height * scale))
 
 
+def _resize_crop(frame: av.VideoFrame, short_side: int, image_size: tuple[int, int]) -> np.ndarray:
+    """One decoded frame as the model sees it: shorter side to ``short_side``, center crop, uint8 RGB ``(H, W, 3)``."""
+    crop_h, crop_w = image_size
+    width, height = _resized_size(frame.width, frame.height, short_side, image_size)
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return rgb[top:top + crop_h, left:left + crop_w]
+
+
+def stream_frames(path: str | os.PathLike[str], image_size: tuple[int, int], short_side: int | None = None
+                  ) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Every frame in decode order as ``(index, time in seconds, uint8 RGB (H, W, 3))``, one at a time.
+
+    For streaming recognition: nothing but the current frame is held, so a long video or a live
+    source never has to fit in memory. Raises :class:`BadVideo` for an unreadable or broken stream.
+    """
+    path = Path(path)
+    short_side = default_short_side(image_size) if short_side is None else short_side
+    with _open(path) as container:
+        stream = _video_stream(container)
+        index = -1
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                seconds = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 1)
+                yield index, seconds, _resize_crop(frame, short_side, image_size)
+        except av.FFmpegError as err:
+            raise BadVideo("truncated", f"decoding failed after {index + 1} frames ({err.strerror})") from None
+    if index < 0:
+        raise BadVideo("no-frames", "the video stream decodes to no frames")
+
+
 def read_frames(
     path: str | os.PathLike[str],
     indices: Sequence[int],
@@ -118,7 +149,6 @@ def read_frames(
     video ends or fails to decode before the last requested frame.
     """
     path = Path(path)
-    crop_h, crop_w = image_size
     short_side = default_short_side(image_size) if short_side is None else short_side
     wanted = {int(i) for i in indices}
     last = max(wanted)
@@ -130,10 +160,7 @@ def read_frames(
             for index, frame in enumerate(container.decode(stream)):
                 decoded = index + 1
                 if index in wanted:
-                    width, height = _resized_size(frame.width, frame.height, short_side, image_size)
-                    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
-                    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-                    kept[index] = rgb[top:top + crop_h, left:left + crop_w]
+                    kept[index] = _resize_crop(frame, short_side, image_size)
                 if index >= last:
                     break
         except av.FFmpegError as err:

@@ -16,7 +16,8 @@ from typing import Any
 from vidconv_deploy.data.dataset import protocol_for
 from vidconv_deploy.data.sources import open_split
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.evaluate.classifiers import bundle_classifiers, read_manifest
+from vidconv_deploy.bundle import read_manifest
+from vidconv_deploy.evaluate.classifiers import bundle_classifiers
 from vidconv_deploy.evaluate.metrics import summary
 from vidconv_deploy.evaluate.sharded import score_split, score_split_ray
 

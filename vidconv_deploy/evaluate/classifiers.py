@@ -8,7 +8,6 @@ them, through :class:`~vidconv_deploy.runners.StreamingSplit`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.bundle import MANIFEST
+from vidconv_deploy.bundle import read_manifest
 from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner
 
 #: ``clips (N, L, 3, H, W) -> logits (N, classes)``.
@@ -63,14 +62,6 @@ class Streaming(PerClip):
 
     def one(self, clip: np.ndarray) -> np.ndarray:
         return self.split.run_clip(clip).logits[0]
-
-
-def read_manifest(bundle: Path) -> dict:
-    """A bundle's manifest; a folder without one is not a finished bundle."""
-    try:
-        return json.loads((bundle / MANIFEST).read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{bundle} holds no readable {MANIFEST}: give the folder vidconv-export wrote (--out/<arch>-<target>)") from None
 
 
 def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Path | None = None) -> dict[str, ClipClassifier]:

@@ -83,6 +83,11 @@ class StreamingSplit:
         """The host's step on this split's grid and layout (see :func:`collage`)."""
         return collage(features, self.grid, self.layout)
 
+    def run_frame(self, frame: np.ndarray) -> np.ndarray:
+        """The early graph's first output for one frame ``(3, H, W)`` (what streaming runs per new frame)."""
+        feed = {self.early.input_names[0]: np.ascontiguousarray(np.asarray(frame)[None], dtype=np.float32)}
+        return self.early.run(feed)[self.early.output_names[0]]
+
     def run_early(self, clip: np.ndarray) -> list[np.ndarray]:
         """The early graph's first output for each frame of ``clip``."""
         return self._early(self.frame_feeds(clip))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.bundle import MANIFEST, Bundle, staged_bundle
+from vidconv_deploy.bundle import MANIFEST, Bundle, read_manifest, staged_bundle
 from vidconv_deploy.targets import dpu_steps, evaluate_step, finn_steps, onnx_steps  # noqa: F401 (registers steps)
 from vidconv_deploy.targets.context import ExportContext
 from vidconv_deploy.targets.registry import Target
@@ -26,6 +25,10 @@ from vidconv_deploy.verdict import Check, Verdict
 #: Where each family's steps rebuild their values from a finished bundle (--start-from).
 LOADERS = {"onnx": [onnx_steps.register_loaders], "dpu": [onnx_steps.register_loaders, dpu_steps.register_loaders],
            "finn": [onnx_steps.register_loaders, finn_steps.register_loaders]}
+
+
+#: What to do when --start-from finds no finished bundle.
+START_FROM_FIX = "--start-from needs a finished bundle there: run the export once without --start-from"
 
 
 @dataclasses.dataclass
@@ -40,15 +43,6 @@ class Outcome:
 def bundle_dir(out: Path, arch: str, target: str) -> Path:
     """Where a bundle goes inside ``--out``: one folder per model and target."""
     return out / f"{arch}-{target}"
-
-
-def read_finished_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of a finished bundle (for --start-from); a folder without one is not finished."""
-    try:
-        return json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise UserError(f"--start-from needs a finished bundle at {directory} (with {MANIFEST}): run the export "
-                        f"once without --start-from") from None
 
 
 def carry_over(bundle: Bundle, final: Path, previous: dict[str, Any], steps_before: list[str], verdict: Verdict) -> None:
@@ -80,7 +74,7 @@ def export_bundle(target: Target, model: Any, weights: dict[str, Any], options: 
     if start_from and stop_after and [s.name for s in steps].index(stop_after) < [s.name for s in steps].index(start_from):
         raise UserError(f"--stop-after {stop_after} comes before --start-from {start_from}: swap them")
     final = bundle_dir(out, model.cfg.arch, target.name)
-    previous = read_finished_manifest(final) if start_from else {}
+    previous = read_manifest(final, START_FROM_FIX) if start_from else {}
     if previous and (previous.get("target") != target.name or previous.get("model", {}).get("config") != model.cfg.to_dict()):
         raise UserError(f"--start-from: {final} was exported for {previous.get('target')} with another model config: "
                         f"give the same --target and model flags, or export afresh without --start-from")

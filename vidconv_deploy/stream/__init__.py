@@ -1,0 +1,10 @@
+"""Streaming recognition: the paper's sliding window (section 4.3.2) as a runtime over a bundle.
+
+Only the new frame goes through the early net; the early outputs of the last L frames wait in a
+ring buffer, and every ``stride`` frames the host tiles them into the collage for the later net.
+"""
+
+from vidconv_deploy.stream.backends import backends_of, open_backend
+from vidconv_deploy.stream.recognizer import Prediction, StreamingRecognizer
+
+__all__ = ["Prediction", "StreamingRecognizer", "backends_of", "open_backend"]
