@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import numpy as np
 import torch
 
 pytest.importorskip("finn", reason="finn-plus not installed (scripts/finn-install.sh)")
@@ -178,3 +179,24 @@ def test_cli_errors_are_one_line_and_leave_no_bundle(nano, argv, message, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_streaming_on_brevitas_equals_the_full_clip_model(nano):
+    """vidconv-stream's FINN backend (Brevitas in float64, as the chain runs it): each window of the sliding
+    window equals the FINN model on the whole clip, bit for bit."""
+    import copy
+
+    from vidconv_deploy.stream import StreamingRecognizer, open_backend
+
+    _, out, _ = nano
+    name, split, _ = open_backend(out)
+    assert name == "brevitas"
+    clip = torch.randn(11, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    recognizer = StreamingRecognizer(split, stride=2)
+    predictions = [p for p in (recognizer.push(frame) for frame in clip.numpy()) if p is not None]
+    assert [(p.first_frame, p.last_frame) for p in predictions] == [(0, 8), (2, 10)]
+    model = copy.deepcopy(load_finn_checkpoint(out / "finn_model.safetensors")).eval().double()
+    with torch.no_grad():
+        for p in predictions:
+            expected = value(model(clip[None, p.first_frame:p.last_frame + 1].double())).numpy()[0]
+            assert np.array_equal(p.logits, expected)

@@ -2,7 +2,8 @@
 
 A bundle's family (the manifest's recipe) says which forms of the model it holds: every bundle has
 the float streaming graphs (ONNX Runtime); a DPU bundle adds the INT8 QDQ graphs (fake-quant in ONNX
-Runtime, or the integer reference with the DPU's rounding, the codes the board computes).
+Runtime, or the integer reference with the DPU's rounding, the codes the board computes); a FINN
+bundle streams on its Brevitas model in float64, bit-exact with the FINN graphs.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from vidconv_deploy.bundle import read_manifest
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit
+from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner
 
 #: Backends by family, in preference order (the first is the default).
 FAMILY_BACKENDS = {
     "onnx": ("onnxruntime",),
     "dpu": ("reference", "onnxruntime-int8", "onnxruntime"),
-    # FINN bundles: not yet. Brevitas in float32 differs from the whole-clip run by a few LSB at rounding ties
-    # (the FINN chain is exact only in float64), so a FINN backend needs the float64 model the chain uses.
-    "finn": (),
+    "finn": ("brevitas",),
 }
 
 
@@ -29,9 +30,6 @@ def backends_of(manifest: dict) -> tuple[str, ...]:
     family = manifest.get("recipe", {}).get("family")
     if family not in FAMILY_BACKENDS:
         raise UserError("the bundle's manifest names no target family (written by an older vidconv-export): export it again")
-    if not FAMILY_BACKENDS[family]:
-        raise UserError(f"streaming a {family} bundle is not supported yet: export the model with --target onnx or a "
-                        f"dpu-* target to stream it")
     return FAMILY_BACKENDS[family]
 
 
@@ -41,6 +39,34 @@ def _file(bundle: Path, manifest: dict, role: str) -> Path:
         raise UserError(f"{bundle} has no {role} (its export stopped before the step that writes it): export it "
                         f"without --stop-after")
     return bundle / art.get("file", art.get("dir", ""))
+
+
+class Float64Graph(torch.nn.Module):
+    """One graph of a FINN model in float64, channels-last at the host boundary, as the accelerator hands it over.
+
+    Brevitas accumulates dequantized values in floating point; in float32 a frame run alone and the
+    same frame in a batch of nine round differently at ties, so windows would differ from the whole
+    clip by a few LSB. In float64 the accumulation is exact, as the integer hardware's (and as the FINN
+    chain checks it), so every window equals the whole clip bit for bit.
+    """
+
+    def __init__(self, model: torch.nn.Module, part: str) -> None:
+        super().__init__()
+        self.model, self.part = model, part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = getattr(self.model, self.part)(x.double())
+        out = getattr(out, "value", out)
+        return out.permute(0, 2, 3, 1) if self.part == "early" else out
+
+
+def _brevitas(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingSplit:
+    from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
+
+    model = load_finn_checkpoint(_file(bundle, manifest, "finn_checkpoint")).eval().double()
+    return StreamingSplit(grid, TorchRunner(Float64Graph(model, "early"), ("frame",), ("features",), name="brevitas early"),
+                          TorchRunner(Float64Graph(model, "later"), ("collage",), ("logits",), name="brevitas later"),
+                          layout="NHWC")
 
 
 def open_backend(bundle: Path, backend: str | None = None) -> tuple[str, StreamingSplit, dict]:
@@ -59,5 +85,6 @@ def open_backend(bundle: Path, backend: str | None = None) -> tuple[str, Streami
                                                            for g in ("early", "later"))),
         "reference": lambda: StreamingSplit(grid, *(IntegerReferenceRunner(_file(bundle, manifest, "quant_onnx") / f"{g}.onnx",
                                                                            "dpu") for g in ("early", "later"))),
+        "brevitas": lambda: _brevitas(bundle, manifest, grid),
     }
     return name, makers[name](), manifest
