@@ -98,7 +98,8 @@ def test_bad_input_is_one_line(dpu_bundle, tmp_path, tiny_dataset, capsys):
         ([str(short_video(tmp_path / "short.mp4", 5)), "--bundle", str(dpu_bundle)], "has 5 frames, fewer than the 9"),
         ([str(garbage), "--bundle", str(dpu_bundle)], "garbage.mp4: unreadable"),
         ([str(video), "--bundle", str(tmp_path / "vic-nano-onnx")], "has no early_onnx"),
-        ([str(video), "--bundle", str(dpu_bundle), "--backend", "vart"], "backend 'vart' is not one this"),
+        ([str(video), "--bundle", str(dpu_bundle), "--backend", "brevitas"], "backend 'brevitas' is not one this"),
+        ([str(video), "--bundle", str(dpu_bundle), "--backend", "vart"], "holds no compiled xmodels"),
         ([str(video), "--bundle", str(tmp_path)], "holds no readable manifest.json"),
         ([str(video), "--bundle", str(dpu_bundle), "--stride", "0"], "stride 0"),
     ]

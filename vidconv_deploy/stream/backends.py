@@ -15,12 +15,12 @@ import torch
 
 from vidconv_deploy.bundle import read_manifest
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner
+from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner, VartRunner
 
 #: Backends by family, in preference order (the first is the default).
 FAMILY_BACKENDS = {
     "onnx": ("onnxruntime",),
-    "dpu": ("reference", "onnxruntime-int8", "onnxruntime"),
+    "dpu": ("reference", "onnxruntime-int8", "onnxruntime", "vart"),
     "finn": ("brevitas",),
 }
 
@@ -69,6 +69,15 @@ def _brevitas(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingS
                           layout="NHWC")
 
 
+def _vart(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingSplit:
+    """The compiled xmodels on the board's DPU (VART): only where vai_c_xir ran and VART is installed."""
+    xmodels = [bundle / "compile" / "xmodel" / g / f"{g}.xmodel" for g in ("early", "later")]
+    if not all(x.is_file() for x in xmodels):
+        raise UserError(f"{bundle} holds no compiled xmodels (compile/xmodel/early|later): build them with "
+                        f"compile/docker_run.sh, or stream with --backend reference (the same integers here)")
+    return StreamingSplit(grid, VartRunner(xmodels[0]), VartRunner(xmodels[1]))
+
+
 def open_backend(bundle: Path, backend: str | None = None) -> tuple[str, StreamingSplit, dict]:
     """The backend's name, its split over ``bundle``'s two graphs, and the manifest (``None``: the default backend)."""
     manifest = read_manifest(bundle)
@@ -86,5 +95,6 @@ def open_backend(bundle: Path, backend: str | None = None) -> tuple[str, Streami
         "reference": lambda: StreamingSplit(grid, *(IntegerReferenceRunner(_file(bundle, manifest, "quant_onnx") / f"{g}.onnx",
                                                                            "dpu") for g in ("early", "later"))),
         "brevitas": lambda: _brevitas(bundle, manifest, grid),
+        "vart": lambda: _vart(bundle, manifest, grid),
     }
     return name, makers[name](), manifest
