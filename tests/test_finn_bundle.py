@@ -186,13 +186,13 @@ def test_streaming_on_brevitas_equals_the_full_clip_model(nano):
     window equals the FINN model on the whole clip, bit for bit."""
     import copy
 
-    from vidconv_deploy.stream import StreamingRecognizer, open_backend
+    from vidconv_deploy.stream import open_backend
 
     _, out, _ = nano
-    name, split, _ = open_backend(out)
-    assert name == "brevitas"
+    opened = open_backend(out)
+    assert opened.name == "brevitas"
     clip = torch.randn(11, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    recognizer = StreamingRecognizer(split, stride=2)
+    recognizer = opened.recognizer(stride=2)
     predictions = [p for p in (recognizer.push(frame) for frame in clip.numpy()) if p is not None]
     assert [(p.first_frame, p.last_frame) for p in predictions] == [(0, 8), (2, 10)]
     model = copy.deepcopy(load_finn_checkpoint(out / "finn_model.safetensors")).eval().double()

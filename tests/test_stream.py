@@ -14,7 +14,7 @@ from vidconv_deploy.cli.export import main as export_main
 from vidconv_deploy.cli.stream import main as stream_main
 from vidconv_deploy.export.onnx_export import relative_error
 from vidconv_deploy.runners import OnnxRuntimeRunner
-from vidconv_deploy.stream import StreamingRecognizer, open_backend
+from vidconv_deploy.stream import Int8Buffer, open_backend
 
 FRAMES = 15  # 9-frame windows at stride 3: windows end at frames 8, 11 and 14
 
@@ -31,15 +31,14 @@ def frames(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((FRAMES, 3, 32, 32)).astype(np.float32)
 
 
-def stream(split, clip: np.ndarray, stride: int = 3, clips: int = 1) -> list:
-    recognizer = StreamingRecognizer(split, stride=stride, clips=clips)
+def stream(backend, clip: np.ndarray, stride: int = 3, clips: int = 1) -> list:
+    recognizer = backend.recognizer(stride=stride, clips=clips)
     return [p for p in (recognizer.push(frame) for frame in clip) if p is not None]
 
 
 def test_float_windows_equal_the_whole_clip_graph(dpu_bundle):
-    _, split, _ = open_backend(dpu_bundle, "onnxruntime")
     clip = frames()
-    predictions = stream(split, clip)
+    predictions = stream(open_backend(dpu_bundle, "onnxruntime"), clip)
     assert [(p.first_frame, p.last_frame) for p in predictions] == [(0, 8), (3, 11), (6, 14)]
     whole = OnnxRuntimeRunner(dpu_bundle / "deploy.onnx")
     for p in predictions:
@@ -49,17 +48,20 @@ def test_float_windows_equal_the_whole_clip_graph(dpu_bundle):
 
 @pytest.mark.parametrize("backend", ["reference", "onnxruntime-int8"])
 def test_integer_windows_equal_the_full_clip_bit_for_bit(dpu_bundle, backend):
-    """The ring buffer and the collage order: each window's logits are exactly those of the clip run whole."""
-    name, split, _ = open_backend(dpu_bundle, backend)
-    _, fresh, _ = open_backend(dpu_bundle, backend)
+    """The ring buffer (int8 codes, channels-last, as on the board) and the collage order: each window's logits are
+    exactly those of the clip run whole."""
+    opened, fresh = open_backend(dpu_bundle, backend), open_backend(dpu_bundle, backend).split
+    assert isinstance(opened.buffer, Int8Buffer)
     clip = frames(1)
-    for p in stream(split, clip):
-        assert np.array_equal(p.logits, fresh.run_clip(clip[p.first_frame:p.last_frame + 1]).logits[0]), (name, p)
+    recognizer = opened.recognizer(stride=3)
+    predictions = [p for p in (recognizer.push(frame) for frame in clip) if p is not None]
+    assert len(predictions) == 3 and all(b.dtype == np.int8 and b.shape[-1] > b.shape[1] for b in recognizer.buffer)
+    for p in predictions:
+        assert np.array_equal(p.logits, fresh.run_clip(clip[p.first_frame:p.last_frame + 1]).logits[0]), (backend, p)
 
 
 def test_scores_average_the_last_windows(dpu_bundle):
-    _, split, _ = open_backend(dpu_bundle)  # the default: the integer reference with DPU rounding
-    predictions = stream(split, frames(2), stride=3, clips=2)
+    predictions = stream(open_backend(dpu_bundle), frames(2), stride=3, clips=2)  # default: the integer reference
     assert np.array_equal(predictions[0].score, predictions[0].logits)
     assert np.allclose(predictions[2].score, (predictions[1].logits + predictions[2].logits) / 2)
     assert predictions[2].topk(3)[0][0] == int(np.argmax(predictions[2].score))

@@ -23,7 +23,7 @@ from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.data.video import BadVideo, stream_frames, to_tensor
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.models.zoo import shipped_class_names
-from vidconv_deploy.stream import StreamingRecognizer, open_backend
+from vidconv_deploy.stream import open_backend
 
 PROG = "vidconv-stream"
 
@@ -54,8 +54,9 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(f"--topk {args.topk}: give 1 or more")
     if not args.video.is_file():
         raise UserError(f"{args.video}: no such video file: give the path of a video")
-    backend, split, manifest = open_backend(args.bundle, args.backend)
-    recognizer = StreamingRecognizer(split, stride=args.stride, clips=args.clips)
+    opened = open_backend(args.bundle, args.backend)
+    backend, manifest = opened.name, opened.manifest
+    recognizer = opened.recognizer(stride=args.stride, clips=args.clips)
     names = class_names(manifest)
     image_size = tuple(manifest["model"]["config"]["image_size"])
     console, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)

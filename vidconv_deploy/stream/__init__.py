@@ -4,7 +4,7 @@ Only the new frame goes through the early net; the early outputs of the last L f
 ring buffer, and every ``stride`` frames the host tiles them into the collage for the later net.
 """
 
-from vidconv_deploy.stream.backends import backends_of, open_backend
-from vidconv_deploy.stream.recognizer import Prediction, StreamingRecognizer
+from vidconv_deploy.stream.backends import Backend, backends_of, open_backend
+from vidconv_deploy.stream.recognizer import FloatBuffer, Int8Buffer, Prediction, StreamingRecognizer
 
-__all__ = ["Prediction", "StreamingRecognizer", "backends_of", "open_backend"]
+__all__ = ["Backend", "FloatBuffer", "Int8Buffer", "Prediction", "StreamingRecognizer", "backends_of", "open_backend"]

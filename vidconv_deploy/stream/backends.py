@@ -8,6 +8,7 @@ bundle streams on its Brevitas model in float64, bit-exact with the FINN graphs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,10 @@ import torch
 from vidconv_deploy.bundle import read_manifest
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner, VartRunner
+from vidconv_deploy.stream.recognizer import FloatBuffer, Int8Buffer, StreamingRecognizer
 
+#: Backends whose early outputs are int8 codes: their ring buffer keeps the codes, as the board does.
+INTEGER_BACKENDS = ("reference", "onnxruntime-int8", "vart")
 #: Backends by family, in preference order (the first is the default).
 FAMILY_BACKENDS = {
     "onnx": ("onnxruntime",),
@@ -78,8 +82,30 @@ def _vart(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingSplit
     return StreamingSplit(grid, VartRunner(xmodels[0]), VartRunner(xmodels[1]))
 
 
-def open_backend(bundle: Path, backend: str | None = None) -> tuple[str, StreamingSplit, dict]:
-    """The backend's name, its split over ``bundle``'s two graphs, and the manifest (``None``: the default backend)."""
+@dataclasses.dataclass
+class Backend:
+    """A bundle opened on one backend: its split, how the ring buffer keeps early outputs, the manifest."""
+
+    name: str
+    split: StreamingSplit
+    buffer: FloatBuffer | Int8Buffer
+    manifest: dict
+
+    def recognizer(self, stride: int = 1, clips: int = 1) -> StreamingRecognizer:
+        return StreamingRecognizer(self.split, stride=stride, clips=clips, buffer=self.buffer)
+
+
+def _int8_buffer(bundle: Path, manifest: dict) -> Int8Buffer:
+    """The board's buffer: int8 codes at the quantized early graph's output fix point."""
+    import onnx
+
+    from vidconv_deploy.dpu.board_dir import io_fix_points
+
+    return Int8Buffer(io_fix_points(onnx.load(str(_file(bundle, manifest, "quant_onnx") / "early.onnx")))[1])
+
+
+def open_backend(bundle: Path, backend: str | None = None) -> Backend:
+    """``bundle`` opened on ``backend`` (``None``: the bundle's default backend)."""
     manifest = read_manifest(bundle)
     available = backends_of(manifest)
     name = backend or available[0]
@@ -97,4 +123,6 @@ def open_backend(bundle: Path, backend: str | None = None) -> tuple[str, Streami
         "brevitas": lambda: _brevitas(bundle, manifest, grid),
         "vart": lambda: _vart(bundle, manifest, grid),
     }
-    return name, makers[name](), manifest
+    split = makers[name]()
+    buffer = _int8_buffer(bundle, manifest) if name in INTEGER_BACKENDS else FloatBuffer()
+    return Backend(name, split, buffer, manifest)
