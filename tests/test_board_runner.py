@@ -153,16 +153,175 @@ def test_a_tensor_off_by_more_than_the_tolerance_fails(board, capsys, tmp_path):
 
 
 def test_stream_mode_keeps_the_last_frames_in_order(board, capsys, tmp_path):
-    np.save(tmp_path / "frames.npy", board.stream)  # 11 frames: predictions after frames 8, 9, 10
+    np.save(tmp_path / "frames.npy", board.stream)  # 11 frames: windows after frames 8, 9, 10
     code, out, _ = run([board.dir, "--backend", "reference", "--stream", tmp_path / "frames.npy", "--json"], capsys)
-    steps = json.loads(out)["predictions"]
-    assert code == 0 and [s["frame"] for s in steps] == [8, 9, 10]
+    steps = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [s["frames"] for s in steps] == [[0, 8], [1, 9], [2, 10]]
     _, last = clip_golden(board.early, board.later, board.stream[2:], (3, 3))  # the last 9 frames, oldest first
     for step, logits in ((steps[0], board.logits), (steps[2], last)):
         z = np.exp(logits.ravel() - logits.max())
-        assert step["name"] == CLASSES[int(np.argmax(logits))] and step["prob"] == pytest.approx(z.max() / z.sum(), abs=1e-6)
-    code, _, err = run([board.dir, "--backend", "reference", "--stream", tmp_path / "frames.npy", "--stride", "2"], capsys)
-    one_line_error(code, err, "frames.npy gave fewer than 9 frames: a prediction needs a full collage")  # 6 of 11
+        assert step["top"][0] == [CLASSES[int(np.argmax(logits))], pytest.approx(z.max() / z.sum(), abs=1e-4)]
+        np.testing.assert_array_equal(np.array(step["logits"]), logits.ravel().astype(np.float64))
+    code, _, err = run([board.dir, "--backend", "reference", "--stream", tmp_path / "frames.npy", "--frame-step", "2"],
+                       capsys)
+    one_line_error(code, err, "frames.npy gave 6 frames, fewer than the 9 one window needs (a 3x3 collage)")  # 6 of 11
+
+
+@pytest.fixture(scope="module")
+def bundle(board, tmp_path_factory) -> Path:
+    """The package's view of the same graphs: a DPU bundle manifest whose quant_onnx dir holds the board's QDQ graphs."""
+    root = tmp_path_factory.mktemp("bundle")
+    (root / "quant").mkdir()
+    for graph in ("early", "later"):
+        shutil.copyfile(board.dir / f"{graph}.onnx", root / "quant" / f"{graph}.onnx")
+    (root / "manifest.json").write_text(json.dumps({
+        "target": "dpu-kv260", "recipe": {"family": "dpu"}, "model": {"config": {"grid": [3, 3]}},
+        "artifacts": {"quant_onnx": {"dir": "quant"}}}))
+    return root
+
+
+def test_stream_windows_equal_vidconv_stream_on_the_reference_bit_for_bit(board, bundle, capsys, tmp_path):
+    """Issue 13: the board script's sliding window gives the logits of vidconv_deploy.stream's recognizer, exactly."""
+    from vidconv_deploy.stream import StreamingRecognizer, open_backend
+
+    rng = np.random.default_rng(7)
+    frames = np.concatenate([board.clip, rng.standard_normal((5, 3, 64, 64)).astype(np.float32)])  # 14 frames
+    np.save(tmp_path / "frames.npy", frames)
+    code, out, err = run([board.dir, "--backend", "reference", "--stream", tmp_path / "frames.npy", "--stride", "2",
+                          "--clips", "2", "--topk", "3", "--json"], capsys)
+    lines = [json.loads(line) for line in out.splitlines()]
+    backend = open_backend(bundle, "reference")  # as vidconv-stream --backend reference: int8 codes in the ring buffer
+    expected = [p for p in map(backend.recognizer(stride=2, clips=2).push, frames) if p is not None]
+    floats = [p for p in map(StreamingRecognizer(backend.split, stride=2, clips=2).push, frames) if p is not None]
+    assert code == 0 and err == "" and backend.name == "reference" and len(lines) == len(expected) == len(floats)
+    assert [line["frames"] for line in lines] == [[p.first_frame, p.last_frame] for p in expected] == [[0, 8], [2, 10], [4, 12]]
+    assert [line["window"] for line in lines] == [0, 1, 2]
+    for line, p, f in zip(lines, expected, floats):
+        logits, score = np.array(line["logits"]), np.array(line["score"])
+        assert np.array_equal(logits, p.logits.astype(np.float64)) and np.array_equal(score, p.score.astype(np.float64))
+        assert np.array_equal(p.logits, f.logits)  # a float ring buffer gives the same windows
+        codes = logits * 2.0 ** line["fix_point"]  # the later graph's int8 codes, exactly
+        assert np.array_equal(codes, np.round(codes)) and np.abs(codes).max() <= 128
+        assert [n for n, _ in line["top"]] == [CLASSES[i] for i, _ in p.topk(3)]
+        assert [q for _, q in line["top"]] == pytest.approx([q for _, q in p.topk(3)], abs=1e-4)
+        assert line["backend"] == "reference" and line["fps"] > 0 and line["time_s"] is None
+    assert np.array_equal(lines[0]["logits"], board.logits.ravel().astype(np.float64))  # the golden clip's first window
+
+
+class IndexBackend:
+    """A stand-in backend: the early output of frame t is the code t, the later output the collage's codes in order,
+    so each window's logits are the frame indices it tiled, row-major."""
+
+    layout = "NCHW"
+
+    def __init__(self, board_dir, board):
+        pass
+
+    def run(self, graph, x, fix_point, frame):
+        if graph == "early":
+            return np.full((1, 1, 1, 1), frame, np.int8), 0, []
+        return np.ascontiguousarray(x).reshape(1, -1), 0, []
+
+
+def test_stream_stride_frame_step_and_window_numbering(board, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "ReferenceBackend", IndexBackend)
+    board_dir = tmp_path / "board"
+    board_dir.mkdir()
+    info = json.loads((board.dir / "board.json").read_text())
+    info["class_names"] = [f"c{i}" for i in range(9)]  # the stand-in's 9 logits
+    (board_dir / "board.json").write_text(json.dumps(info))
+    np.save(tmp_path / "frames.npy", np.zeros((20, 3, 64, 64), np.float32))
+
+    def windows(*flags):
+        code, out, err = run([board_dir, "--backend", "reference", "--stream", tmp_path / "frames.npy", "--json", *flags],
+                             capsys)
+        assert code == 0 and err == ""
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [line["window"] for line in lines] == list(range(len(lines)))
+        for line in lines:  # the window's frames, oldest first, tiled row-major
+            first, last = line["frames"]
+            assert line["logits"] == list(range(first, last + 1, (last - first) // 8))
+        return lines
+
+    assert [line["frames"] for line in windows()] == [[t - 8, t] for t in range(8, 20)]
+    assert [line["frames"] for line in windows("--stride", "4")] == [[0, 8], [4, 12], [8, 16]]
+    assert [line["frames"] for line in windows("--stride", "5")] == [[0, 8], [5, 13], [10, 18]]
+    assert [line["frames"] for line in windows("--max-frames", "10")] == [[0, 8], [1, 9]]
+    assert [line["frames"] for line in windows("--frame-step", "2")] == [[0, 16], [2, 18]]  # frames 0, 2, ... 18
+    lines = windows("--stride", "2", "--clips", "3", "--topk", "2")
+    assert len(lines) == 6 and "score" in lines[0] and len(lines[0]["top"]) == 2
+    for i, line in enumerate(lines):
+        recent = [w["logits"] for w in lines[max(0, i - 2) : i + 1]]
+        assert line["score"] == pytest.approx(np.mean(recent, axis=0).tolist(), abs=1e-5)
+        assert line["top"][0][0] == "c8"  # the newest frame has the largest code
+    # text: a line per window (frames, top classes, frames/s), then the totals
+    code, out, _ = run([board_dir, "--backend", "reference", "--stream", tmp_path / "frames.npy", "--stride", "4",
+                        "--topk", "2"], capsys)
+    text = out.splitlines()
+    assert code == 0 and len(text) == 4 and text[1].startswith("frames 4-12  c8 ") and " c7 " in text[1]
+    assert text[1].endswith(" frames/s)") and text[3].startswith("20 frames, 3 windows (L 9, stride 4, clips 1); early ")
+
+
+class FakeCv2:
+    """OpenCV's VideoCapture over a saved uint8 BGR array, with nearest-neighbour resizing (the wiring, not the pixels)."""
+
+    INTER_LINEAR, COLOR_BGR2RGB, CAP_PROP_FPS = 1, 4, 5
+    sizes = []
+
+    class VideoCapture:
+        def __init__(self, path):
+            try:
+                self.frames = list(np.load(path, allow_pickle=False))
+            except ValueError:
+                self.frames = None
+
+        def isOpened(self):
+            return self.frames is not None
+
+        def get(self, prop):
+            assert prop == FakeCv2.CAP_PROP_FPS
+            return 10.0
+
+        def read(self):
+            return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+        def release(self):
+            pass
+
+    @staticmethod
+    def resize(img, dsize, interpolation):
+        assert interpolation == FakeCv2.INTER_LINEAR
+        FakeCv2.sizes.append(dsize)
+        return nearest(img, dsize)
+
+    @staticmethod
+    def cvtColor(img, code):
+        assert code == FakeCv2.COLOR_BGR2RGB
+        return img[..., ::-1]
+
+
+def nearest(img, dsize):
+    width, height = dsize
+    return img[np.arange(height) * img.shape[0] // height][:, np.arange(width) * img.shape[1] // width]
+
+
+def test_stream_decodes_a_video_with_opencv_without_pyav(tmp_path, monkeypatch):
+    from vidconv_deploy.data.video import _resized_size
+
+    monkeypatch.setitem(sys.modules, "av", None)
+    monkeypatch.setitem(sys.modules, "cv2", FakeCv2)
+    board = {"image_size": [16, 24], "short_side": 18, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist()}
+    bgr = np.random.default_rng(5).integers(0, 256, (5, 32, 64, 3), dtype=np.uint8)
+    with open(tmp_path / "clip.avi", "wb") as f:
+        np.save(f, bgr)
+    frames = list(runner.frames_from(tmp_path / "clip.avi", board, step=2))
+    assert [(i, t) for i, t, _ in frames] == [(0, 0.0), (2, 0.2), (4, 0.4)]
+    assert FakeCv2.sizes[-1] == _resized_size(64, 32, 18, (16, 24)) == (36, 18)
+    rgb = nearest(bgr[2][..., ::-1], (36, 18))[1:17, 6:30]  # the center 16x24
+    np.testing.assert_array_equal(frames[1][2][0], to_tensor(rgb).numpy())
+    (tmp_path / "bad.avi").write_bytes(b"not a video")
+    with pytest.raises(runner.BoardError, match="OpenCV cannot open .*bad.avi as a video"):
+        runner.frames_from(tmp_path / "bad.avi", board)
 
 
 def test_stream_frames_are_preprocessed_as_the_data_pipeline_does(tmp_path):
@@ -170,9 +329,9 @@ def test_stream_frames_are_preprocessed_as_the_data_pipeline_does(tmp_path):
     board = {"image_size": [16, 24], "short_side": 18, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist()}
     rgb = np.random.default_rng(3).integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)
     np.save(tmp_path / "rgb.npy", rgb)
-    frames = list(runner.frames_from(tmp_path / "rgb.npy", board, stride=2))
-    assert len(frames) == 3 and frames[1].shape == (1, 3, 16, 24)
-    np.testing.assert_array_equal(frames[1][0], to_tensor(rgb[2]).numpy())
+    frames = list(runner.frames_from(tmp_path / "rgb.npy", board, step=2))
+    assert [(i, t) for i, t, _ in frames] == [(0, None), (2, None), (4, None)] and frames[1][2].shape == (1, 3, 16, 24)
+    np.testing.assert_array_equal(frames[1][2][0], to_tensor(rgb[2]).numpy())
     video = tmp_path / "clip.mp4"
     with av.open(str(video), "w") as container:  # 7 frames at another size: resized and center-cropped
         stream = container.add_stream("mpeg4", rate=10)
@@ -183,8 +342,10 @@ def test_stream_frames_are_preprocessed_as_the_data_pipeline_does(tmp_path):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    frames = np.concatenate(list(runner.frames_from(video, board, stride=1)))
-    np.testing.assert_array_equal(frames, load_clips(video, np.arange(7), (16, 24), short_side=18).numpy())
+    decoded = list(runner.frames_from(video, board, step=1))
+    assert [i for i, _, _ in decoded] == list(range(7)) and decoded[3][1] == pytest.approx(0.3)
+    np.testing.assert_array_equal(np.concatenate([f for _, _, f in decoded]),
+                                  load_clips(video, np.arange(7), (16, 24), short_side=18).numpy())
 
 
 def test_collage_and_rounding_match_the_package():
@@ -304,6 +465,16 @@ def test_vart_backend_with_a_stand_in_compares_inputs_and_outputs(board, capsys,
     assert keys[:2] == ["early[0]/xir_in", "early[0]/xir_out"] and keys[-2:] == ["later/xir_in", "later/xir_out"]
     assert len(keys) == 20 and report["unseen"] == len(read_golden(board.golden).entries) - 20
     assert report["tensors"][-1]["shape"] == [1, 5] and report["tensors"][1]["shape"] == [1, 4, 4, 16]  # NHWC
+    # the sliding window through the VART code path (NHWC ring buffer and collage) = the reference backend's windows
+    np.save(tmp_path / "frames.npy", board.stream)
+    windows = {}
+    for backend in ("vart", "reference"):
+        code, out, _ = run([board_dir, "--backend", backend, "--stream", tmp_path / "frames.npy", "--stride", "2", "--json"],
+                           capsys)
+        windows[backend] = [{k: v for k, v in json.loads(line).items() if k not in ("fps", "backend")}
+                            for line in out.splitlines()]
+        assert code == 0 and [w["frames"] for w in windows[backend]] == [[0, 8], [2, 10]]
+    assert windows["vart"] == windows["reference"]
 
 
 def test_help_needs_neither_vart_nor_the_package(capsys, monkeypatch):
@@ -312,7 +483,9 @@ def test_help_needs_neither_vart_nor_the_package(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(RUNNER), "--help"])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(RUNNER), run_name="__main__")
-    assert exit_info.value.code == 0 and "--backend {vart,reference}" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0 and "--backend {vart,reference}" in out
+    assert "--stream FRAMES" in out and "--stride K" in out and "needs PyAV (import av) or OpenCV (import cv2)" in out
 
 
 def one_line_error(code: int, err: str, text: str) -> None:
@@ -341,3 +514,33 @@ def test_bad_inputs_give_one_line_errors(board, capsys, tmp_path):
     one_line_error(code, err, f"{tmp_path / 'index.json'} not found: copy the bundle's golden dir")
     code, _, err = run([board.dir, "--backend", "reference", "--stream", tmp_path / "missing.mp4"], capsys)
     one_line_error(code, err, "missing.mp4 not found: give a .npy of frames or a video file")
+
+
+def test_bad_stream_inputs_give_one_line_errors(board, capsys, tmp_path, monkeypatch):
+    def stream_error(frames, text, *flags):
+        code, out, err = run([board.dir, "--backend", "reference", "--stream", frames, *flags], capsys)
+        one_line_error(code, err, text)
+        assert out == ""
+
+    np.save(tmp_path / "short.npy", board.clip[:4])
+    stream_error(tmp_path / "short.npy", "short.npy gave 4 frames, fewer than the 9 one window needs (a 3x3 collage)")
+    np.save(tmp_path / "frames.npy", board.stream)
+    stream_error(tmp_path / "frames.npy", "frames.npy gave 8 frames, fewer than the 9", "--max-frames", "8")
+    (tmp_path / "garbage.npy").write_bytes(b"\x93NUMPY garbage" * 10)
+    stream_error(tmp_path / "garbage.npy", "cannot read %s as a .npy (" % (tmp_path / "garbage.npy"))
+    (tmp_path / "text.npy").write_text("1, 2, 3\n")
+    stream_error(tmp_path / "text.npy", "cannot read %s as a .npy (no .npy header): save the frames with numpy.save"
+                 % (tmp_path / "text.npy"))
+    np.save(tmp_path / "ints.npy", board.clip[:9].astype(np.int16))
+    stream_error(tmp_path / "ints.npy", "ints.npy holds int16 (9, 3, 64, 64): give float32 (N, 3, 64, 64) frames or uint8 RGB")
+    for flag in ("--stride", "--clips", "--topk", "--frame-step", "--max-frames"):
+        stream_error(tmp_path / "frames.npy", "%s 0: give 1 or more" % flag, flag, "0")
+    (tmp_path / "garbage.mp4").write_bytes(b"\x00not a video" * 100)
+    if importlib.util.find_spec("av") is not None:
+        stream_error(tmp_path / "garbage.mp4", "cannot decode %s (" % (tmp_path / "garbage.mp4"))
+    monkeypatch.setitem(sys.modules, "av", None)
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    stream_error(tmp_path / "garbage.mp4", "decoding %s needs PyAV (pip install av) or OpenCV (cv2): install one, "
+                                           "or give the frames as a .npy" % (tmp_path / "garbage.mp4"))
+    monkeypatch.setitem(sys.modules, "cv2", FakeCv2)
+    stream_error(tmp_path / "garbage.mp4", "OpenCV cannot open %s as a video" % (tmp_path / "garbage.mp4"))

@@ -4,11 +4,13 @@
 The early graph runs once per frame; its int8 outputs go into a ring buffer of the last L frames,
 tiled row-major into the collage that the later graph turns into logits. Modes: a clip (L frames
 in, logits out: ``--clip``, or the golden clip) or a stream (``--stream`` a .npy of frames or a
-video: logits after every new frame once L frames are in). ``--golden DIR`` compares every tensor
-the backend sees with the golden vectors and exits 0 (all within tolerance) or 1 (a mismatch).
+video: the sliding window of ``vidconv-stream``, a prediction every ``--stride`` frames once L
+frames are in, ``--clips`` windows averaged). ``--golden DIR`` compares every tensor the backend
+sees with the golden vectors and exits 0 (all within tolerance) or 1 (a mismatch).
 
 This file is standalone: on the board it needs only numpy and Vitis AI's ``xir``/``vart`` Python
-modules; ``--backend reference`` imports vidconv-deploy (Python >= 3.11) for its integer reference.
+modules (a video for ``--stream`` also needs PyAV or OpenCV's ``cv2``); ``--backend reference``
+imports vidconv-deploy (Python >= 3.11) for its integer reference.
 Bad input exits 2 with one line naming the problem and the fix.
 """
 
@@ -199,14 +201,17 @@ class VartBackend:
 # --- the streaming split -----------------------------------------------------------------------
 
 class Stream:
-    """Ring buffer of the last L early-net outputs (int8); the later net runs once the buffer is full."""
+    """Ring buffer of the last L early-net outputs (int8); the later net runs once the buffer is full,
+    then every ``stride`` frames (as ``vidconv_deploy.stream.StreamingRecognizer``)."""
 
-    def __init__(self, backend, board: dict) -> None:
-        self.backend, self.grid = backend, tuple(board["grid"])
-        self.buffer = collections.deque(maxlen=self.grid[0] * self.grid[1])
+    def __init__(self, backend, board: dict, stride: int = 1) -> None:
+        self.backend, self.grid, self.stride = backend, tuple(board["grid"]), stride
+        self.buffer = collections.deque(maxlen=self.grid[0] * self.grid[1])  # (features, fix point, frame index)
         self.in_fix = board["graphs"]["early"]["input_fix_point"]
         self.seconds = {"early": 0.0, "later": 0.0}
         self.runs = {"early": 0, "later": 0}
+        self.pushed = 0
+        self.logits_fix = None  # the later graph's output fix point, once it ran
 
     def timed(self, graph: str, x: np.ndarray, fix_point: int, frame) -> tuple:
         start = time.perf_counter()
@@ -219,18 +224,24 @@ class Stream:
         """Measured wall time per early run and per later run, in ms."""
         return {"ms_per_%s" % g: 1e3 * self.seconds[g] / max(self.runs[g], 1) for g in ("early", "later")}
 
+    def window(self) -> tuple:
+        """The frame indices of the oldest and the newest buffered frame (the window's first and last)."""
+        return self.buffer[0][2], self.buffer[-1][2]
+
     def push(self, frame: np.ndarray, index) -> tuple:
-        """One preprocessed frame ``(1, 3, H, W)`` float -> (logits or None while filling, tensors seen)."""
+        """One preprocessed frame ``(1, 3, H, W)`` float -> (logits, or None while filling or between
+        windows; the tensors seen). Logits are the later graph's int8 codes times 2**-``logits_fix``."""
         x = to_layout(quantize(frame, self.in_fix), "NCHW", self.backend.layout)
         features, fix, seen = self.timed("early", x, self.in_fix, index)
         if self.buffer and self.buffer[-1][1] != fix:
             raise RuntimeError("the early graph's output fix point changed between frames")
-        self.buffer.append((features, fix))
-        if len(self.buffer) < self.buffer.maxlen:
+        self.buffer.append((features, fix, index))
+        self.pushed += 1
+        if len(self.buffer) < self.buffer.maxlen or (self.pushed - self.buffer.maxlen) % self.stride:
             return None, seen
-        tiled = collage([f for f, _ in self.buffer], self.grid, self.backend.layout)
-        logits, logits_fix, later_seen = self.timed("later", tiled, fix, None)
-        return dequantize(logits, logits_fix).reshape(-1), seen + later_seen
+        tiled = collage([f for f, _, _ in self.buffer], self.grid, self.backend.layout)
+        logits, self.logits_fix, later_seen = self.timed("later", tiled, fix, None)
+        return dequantize(logits, self.logits_fix).reshape(-1), seen + later_seen
 
 
 # --- golden vectors (the format of vidconv_deploy.dpu.golden) ----------------------------------
@@ -322,45 +333,117 @@ def preprocess(rgb: np.ndarray, board: dict) -> np.ndarray:
     return x.transpose(2, 0, 1)[None]
 
 
-def resize_crop(frame, board: dict) -> np.ndarray:
-    """A decoded PyAV frame -> uint8 RGB at the image size: shorter side to board.json's
-    ``short_side`` (bilinear), then a center crop, as ``vidconv_deploy.data.video.read_frames``."""
+def resized_size(width: int, height: int, board: dict) -> tuple:
+    """(width, height) with the shorter side at board.json's ``short_side``, never smaller than the
+    crop (as ``vidconv_deploy.data.video``)."""
     (crop_h, crop_w), short = board["image_size"], board["short_side"]
-    scale = max(short / min(frame.width, frame.height), crop_h / frame.height, crop_w / frame.width)
-    width, height = max(crop_w, round(frame.width * scale)), max(crop_h, round(frame.height * scale))
-    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    scale = max(short / min(width, height), crop_h / height, crop_w / width)
+    return max(crop_w, round(width * scale)), max(crop_h, round(height * scale))
+
+
+def center_crop(rgb: np.ndarray, board: dict) -> np.ndarray:
+    crop_h, crop_w = board["image_size"]
+    top, left = (rgb.shape[0] - crop_h) // 2, (rgb.shape[1] - crop_w) // 2
     return rgb[top : top + crop_h, left : left + crop_w]
 
 
-def frames_from(path: Path, board: dict, stride: int):
-    """Preprocessed frames ``(1, 3, H, W)`` from a .npy (float (N, 3, H, W) or uint8 RGB (N, H, W, 3)) or a video."""
+def resize_crop(frame, board: dict) -> np.ndarray:
+    """A decoded PyAV frame -> uint8 RGB at the image size: shorter side to board.json's
+    ``short_side`` (bilinear, libswscale), then a center crop, as ``vidconv_deploy.data.video.read_frames``."""
+    width, height = resized_size(frame.width, frame.height, board)
+    return center_crop(frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray(), board)
+
+
+def resize_crop_cv2(cv2, bgr: np.ndarray, board: dict) -> np.ndarray:
+    """A frame OpenCV decoded (BGR) -> uint8 RGB at the image size: the same geometry as :func:`resize_crop`
+    with ``cv2.resize`` (bilinear), whose pixel values may differ from libswscale's by rounding."""
+    width, height = resized_size(bgr.shape[1], bgr.shape[0], board)
+    rgb = cv2.cvtColor(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+    return center_crop(rgb, board)
+
+
+def frames_from(path: Path, board: dict, step: int = 1):
+    """``(index, seconds or None, frame (1, 3, H, W) float32)`` for every ``step``-th frame of a .npy
+    (float (N, 3, H, W) preprocessed, or uint8 RGB (N, H, W, 3)) or of a video (PyAV, else OpenCV).
+    Bad input raises :class:`BoardError` here, before any backend is loaded, or at the first frame."""
     h, w = board["image_size"]
     if not path.is_file():
         raise BoardError("%s not found: give a .npy of frames or a video file" % path)
-    if path.suffix == ".npy":
-        frames = np.load(str(path), allow_pickle=False)
-        if frames.ndim == 4 and frames.shape[1:] == (3, h, w):
-            for i in range(0, len(frames), stride):
-                yield frames[i : i + 1].astype(np.float32)
+    if path.suffix.lower() == ".npy":
+        try:
+            with open(str(path), "rb") as f:
+                if f.read(6) != b"\x93NUMPY":
+                    raise BoardError("cannot read %s as a .npy (no .npy header): save the frames with numpy.save" % path)
+            frames = np.load(str(path), mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise BoardError("cannot read %s as a .npy (%s): save the frames with numpy.save"
+                             % (path, " ".join(str(err).split()) or type(err).__name__))
+        if frames.ndim == 4 and frames.shape[1:] == (3, h, w) and frames.dtype.kind == "f":
+            convert = lambda i: np.asarray(frames[i : i + 1], dtype=np.float32)  # noqa: E731
         elif frames.ndim == 4 and frames.shape[1:] == (h, w, 3) and frames.dtype == np.uint8:
-            for i in range(0, len(frames), stride):
-                yield preprocess(frames[i], board)
+            convert = lambda i: preprocess(np.asarray(frames[i]), board)  # noqa: E731
         else:
             raise BoardError("%s holds %s %s: give float32 (N, 3, %d, %d) frames or uint8 RGB (N, %d, %d, 3)"
                              % (path, frames.dtype, frames.shape, h, w, h, w))
-        return
+        return ((i, None, convert(i)) for i in range(0, len(frames), step))
     try:
         import av
     except ImportError:
-        raise BoardError("decoding %s needs PyAV (pip install av): or give the frames as a .npy" % path)
+        av = None
+    if av is not None:
+        return _frames_pyav(av, path, board, step)
     try:
-        with av.open(str(path)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i % stride == 0:
-                    yield preprocess(resize_crop(frame, board), board)
+        import cv2
+    except ImportError:
+        raise BoardError("decoding %s needs PyAV (pip install av) or OpenCV (cv2): install one, or give the frames "
+                         "as a .npy" % path)
+    return _frames_cv2(cv2, path, board, step)
+
+
+def _frames_pyav(av, path: Path, board: dict, step: int):
+    try:
+        container = av.open(str(path))
     except av.error.FFmpegError as err:
         raise BoardError("cannot decode %s (%s): give another video or a .npy of frames" % (path, err))
+    if not container.streams.video:
+        container.close()
+        raise BoardError("%s holds no video stream: give a video or a .npy of frames" % path)
+    stream = container.streams.video[0]
+
+    def frames():
+        with container:
+            try:
+                for i, frame in enumerate(container.decode(stream)):
+                    if i % step == 0:
+                        seconds = float(frame.time) if frame.time is not None else None
+                        yield i, seconds, preprocess(resize_crop(frame, board), board)
+            except av.error.FFmpegError as err:
+                raise BoardError("cannot decode %s (%s): give another video or a .npy of frames" % (path, err))
+
+    return frames()
+
+
+def _frames_cv2(cv2, path: Path, board: dict, step: int):
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise BoardError("OpenCV cannot open %s as a video: give another video or a .npy of frames" % path)
+    rate = capture.get(cv2.CAP_PROP_FPS) or 0.0
+
+    def frames():
+        try:
+            i = 0
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    return
+                if i % step == 0:
+                    yield i, (i / rate if rate > 0 else None), preprocess(resize_crop_cv2(cv2, bgr, board), board)
+                i += 1
+        finally:
+            capture.release()
+
+    return frames()
 
 
 def top_k(logits: np.ndarray, names: list, k: int = 5) -> list:
@@ -373,20 +456,33 @@ def top_k(logits: np.ndarray, names: list, k: int = 5) -> list:
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="run_xmodel.py", description=__doc__.splitlines()[0],
-        epilog="exit codes: 0 ran (and matched the golden vectors), 1 golden mismatch, 2 bad input")
+        epilog="exit codes: 0 ran (clip: matched the golden vectors; stream: at least one window predicted), "
+               "1 golden mismatch, 2 bad input. A video for --stream needs PyAV (import av) or OpenCV (import cv2) "
+               "on this host; without either, give the frames as a .npy.")
     parser.add_argument("board_dir", type=Path, help="the board dir (board.json, xmodels or QDQ ONNX graphs, golden/)")
     parser.add_argument("--backend", choices=("vart", "reference"), default="vart",
                         help="vart: the DPU through VART (on the board); reference: our integer reference (any host)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--clip", type=Path, help="one clip: .npy of L preprocessed frames, float32 (L, 3, H, W)")
-    source.add_argument("--stream", type=Path, help="a .npy of frames or a video (PyAV): logits after every new frame")
+    source.add_argument("--stream", type=Path, metavar="FRAMES",
+                        help="the sliding window over FRAMES: a .npy of float32 (T, 3, H, W) preprocessed frames or "
+                             "uint8 RGB (T, H, W, 3) at the image size (normalised with board.json's mean/std), or a "
+                             "video file (needs PyAV or OpenCV's cv2: shorter side to board.json's short_side, "
+                             "center crop); a prediction every --stride frames once L frames are in")
     parser.add_argument("--golden", type=Path, help="golden dir to compare every tensor with (clip mode; default clip: its own)")
     parser.add_argument("--tolerance", type=int, help="allowed |difference| in LSB (default: the golden dir's)")
-    parser.add_argument("--stride", type=int, default=1, help="stream mode: use every k-th frame (default 1)")
-    parser.add_argument("--max-frames", type=int, help="stream mode: stop after this many frames")
+    parser.add_argument("--stride", type=int, metavar="K", default=1,
+                        help="stream mode: a prediction every K (used) frames once L are in (default 1)")
+    parser.add_argument("--clips", type=int, metavar="N", default=1,
+                        help="stream mode: score = mean logits of the last N windows (default 1)")
+    parser.add_argument("--topk", type=int, metavar="K", default=5, help="stream mode: classes shown per window (default 5)")
+    parser.add_argument("--frame-step", type=int, metavar="K", default=1,
+                        help="stream mode: use every K-th frame of FRAMES only (default 1: all)")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="stream mode: stop after this many (used) frames")
     parser.add_argument("--vart-mode", default="run", choices=("run", "ref", "sim"),
                         help="vart runner mode as in xdputil run -r (default run)")
-    parser.add_argument("--json", action="store_true", help="print one JSON report instead of text")
+    parser.add_argument("--json", action="store_true",
+                        help="clip mode: one JSON report instead of text; stream mode: one JSON object per window, a line each")
     return parser.parse_args(argv)
 
 
@@ -430,31 +526,53 @@ def run_clip(args: argparse.Namespace, board: dict) -> int:
 
 
 def run_stream(args: argparse.Namespace, board: dict) -> int:
+    """The sliding window of ``vidconv-stream`` on this backend: one early run per frame, a window every
+    ``--stride`` frames once L are buffered; a line (or a JSON object) per window."""
     if args.golden:
         raise BoardError("golden vectors hold one clip: compare them in clip mode (drop --stream)")
-    if args.stride < 1:
-        raise BoardError("--stride %d: give 1 or more" % args.stride)
-    frames = frames_from(args.stream, board, args.stride)
-    stream = Stream(make_backend(args, board), board)
-    steps = []
-    for i, frame in enumerate(frames):
-        if args.max_frames is not None and i >= args.max_frames:
-            break
-        logits, _ = stream.push(frame, i)
-        if logits is None:
-            continue
-        best = top_k(logits, board["class_names"], 1)[0]
-        steps.append({"frame": i, **best})
-        if not args.json:
-            print("frame %5d  %-30s %.3f" % (i, best["name"], best["prob"]), flush=True)
-    if not steps:
-        raise BoardError("%s gave fewer than %d frames: a prediction needs a full collage" % (args.stream, board["frames"]))
-    summary = {"backend": args.backend, "predictions": steps, **stream.timing()}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print("%d frames; early %.2f ms/frame, later %.2f ms/collage"
-              % (stream.runs["early"], summary["ms_per_early"], summary["ms_per_later"]))
+    for flag, value in (("--stride", args.stride), ("--clips", args.clips), ("--topk", args.topk),
+                        ("--frame-step", args.frame_step), ("--max-frames", args.max_frames)):
+        if value is not None and value < 1:
+            raise BoardError("%s %d: give 1 or more" % (flag, value))
+    frames = frames_from(args.stream, board, args.frame_step)
+    stream = Stream(make_backend(args, board), board, args.stride)
+    names, length = board["class_names"], stream.buffer.maxlen
+    k = min(args.topk, len(names))
+    recent = collections.deque(maxlen=args.clips)
+    used, windows, start = 0, 0, time.perf_counter()
+    try:
+        for index, seconds, frame in frames:
+            logits, _ = stream.push(frame, index)
+            used += 1
+            if logits is not None:
+                recent.append(logits)
+                score = np.mean(np.stack(recent), axis=0)  # as StreamingRecognizer's multi-clip score
+                fps = used / (time.perf_counter() - start)
+                first, last = stream.window()
+                top = top_k(score, names, k)
+                if args.json:
+                    line = {"window": windows, "frames": [first, last], "time_s": None if seconds is None else round(seconds, 3),
+                            "top": [[p["name"], round(p["prob"], 4)] for p in top], "logits": logits.tolist(),
+                            "fix_point": stream.logits_fix, "fps": round(fps, 2), "backend": args.backend}
+                    if args.clips > 1:
+                        line["score"] = score.tolist()
+                    print(json.dumps(line), flush=True)
+                else:
+                    when = "" if seconds is None else "%8.2fs  " % seconds
+                    print("%sframes %d-%d  %s  (%.1f frames/s)" % (when, first, last, "  ".join(
+                        "%s %.2f" % (p["name"], p["prob"]) for p in top), fps), flush=True)
+                windows += 1
+            if args.max_frames is not None and used >= args.max_frames:
+                break
+    finally:
+        frames.close()
+    if windows == 0:
+        raise BoardError("%s gave %d frames, fewer than the %d one window needs (a %dx%d collage): give more frames"
+                         % (args.stream, used, length, stream.grid[0], stream.grid[1]))
+    if not args.json:
+        timing = stream.timing()
+        print("%d frames, %d windows (L %d, stride %d, clips %d); early %.2f ms/frame, later %.2f ms/window"
+              % (used, windows, length, args.stride, args.clips, timing["ms_per_early"], timing["ms_per_later"]))
     return 0
 
 
