@@ -13,7 +13,7 @@ pytest.importorskip("finn", reason="finn-plus not installed (scripts/finn-instal
 
 from finn.builder.build_dataflow_config import DataflowBuildConfig, default_build_dataflow_steps  # noqa: E402
 
-from vidconv_deploy import build_model  # noqa: E402
+from vidconv_deploy import build_model, load_model  # noqa: E402
 from vidconv_deploy.cli.evaluate import main as eval_main  # noqa: E402
 from vidconv_deploy.cli.export import main as export_main  # noqa: E402
 from vidconv_deploy.errors import UserError  # noqa: E402
@@ -200,3 +200,17 @@ def test_streaming_on_brevitas_equals_the_full_clip_model(nano):
         for p in predictions:
             expected = value(model(clip[None, p.first_frame:p.last_frame + 1].double())).numpy()[0]
             assert np.array_equal(p.logits, expected)
+
+
+def test_streaming_on_the_float_pytorch_model_equals_it_on_the_whole_clip(nano):
+    from vidconv_deploy.export.onnx_export import relative_error
+    from vidconv_deploy.stream import open_backend
+
+    _, out, _ = nano
+    recognizer = open_backend(out, "pytorch").recognizer(stride=2)
+    clip = torch.randn(11, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    predictions = [p for p in (recognizer.push(frame) for frame in clip.numpy()) if p is not None]
+    model = load_model(out / "float_model.safetensors")[0].eval()
+    with torch.no_grad():
+        for p in predictions:
+            assert relative_error(p.logits, model(clip[None, p.first_frame:p.last_frame + 1]).numpy()[0]) <= 1e-5

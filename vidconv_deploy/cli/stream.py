@@ -34,7 +34,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bundle", type=Path, required=True, help="a bundle vidconv-export wrote (--out/<arch>-<target>)")
     parser.add_argument("--backend", help="onnxruntime (float), or for DPU bundles onnxruntime-int8 or reference (the "
                                           "integer reference with DPU rounding, the default) or vart (on the board, with the compiled xmodels), "
-                                          "brevitas for FINN bundles")
+                                          "brevitas (the default) or pytorch for FINN bundles")
     parser.add_argument("--stride", type=int, default=1, help="a prediction every K new frames (default 1)")
     parser.add_argument("--clips", type=int, default=1, help="average the scores of the last N windows (default 1)")
     parser.add_argument("--topk", type=int, default=5, help="classes shown per window (default 5)")

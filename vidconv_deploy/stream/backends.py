@@ -3,7 +3,8 @@
 A bundle's family (the manifest's recipe) says which forms of the model it holds: every bundle has
 the float streaming graphs (ONNX Runtime); a DPU bundle adds the INT8 QDQ graphs (fake-quant in ONNX
 Runtime, or the integer reference with the DPU's rounding, the codes the board computes); a FINN
-bundle streams on its Brevitas model in float64, bit-exact with the FINN graphs.
+bundle streams on its Brevitas model in float64, bit-exact with the FINN graphs, or on the float
+PyTorch model it keeps.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ INTEGER_BACKENDS = ("reference", "onnxruntime-int8", "vart")
 FAMILY_BACKENDS = {
     "onnx": ("onnxruntime",),
     "dpu": ("reference", "onnxruntime-int8", "onnxruntime", "vart"),
-    "finn": ("brevitas",),
+    "finn": ("brevitas", "pytorch"),
 }
 
 
@@ -71,6 +72,17 @@ def _brevitas(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingS
     return StreamingSplit(grid, TorchRunner(Float64Graph(model, "early"), ("frame",), ("features",), name="brevitas early"),
                           TorchRunner(Float64Graph(model, "later"), ("collage",), ("logits",), name="brevitas later"),
                           layout="NHWC")
+
+
+def _pytorch(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingSplit:
+    """The bundle's float PyTorch model (FINN bundles keep it), rewritten to its early and later nets."""
+    from vidconv_deploy.checkpoints import load_model
+    from vidconv_deploy.export.deploy_model import to_deploy
+    from vidconv_deploy.export.onnx_export import MethodModule
+
+    deploy = to_deploy(load_model(_file(bundle, manifest, "float_checkpoint"))[0].eval())
+    return StreamingSplit(grid, TorchRunner(MethodModule(deploy, deploy.early), ("frame",), ("features",), name="pytorch early"),
+                          TorchRunner(MethodModule(deploy, deploy.later), ("collage",), ("logits",), name="pytorch later"))
 
 
 def _vart(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingSplit:
@@ -122,6 +134,7 @@ def open_backend(bundle: Path, backend: str | None = None) -> Backend:
                                                                            "dpu") for g in ("early", "later"))),
         "brevitas": lambda: _brevitas(bundle, manifest, grid),
         "vart": lambda: _vart(bundle, manifest, grid),
+        "pytorch": lambda: _pytorch(bundle, manifest, grid),
     }
     split = makers[name]()
     buffer = _int8_buffer(bundle, manifest) if name in INTEGER_BACKENDS else FloatBuffer()
