@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +35,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+
+from machine import load_average, machine  # bench/machine.py: this folder is on sys.path when run as a script
 
 from vidconv_deploy import build_model
 from vidconv_deploy.data.calibration import calibration_clips
@@ -63,36 +63,6 @@ def time_runs(fn: Callable[[], np.ndarray], runs: int) -> tuple[list[float], np.
         fn()
         times.append(time.perf_counter() - start)
     return times, out
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` is often empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "os_cpu_count": os.cpu_count(),
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform_processor": platform.processor(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def main() -> None:

@@ -46,8 +46,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -60,6 +58,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+
+from machine import load_average, machine  # bench/machine.py: this folder is on sys.path when run as a script
 
 from vidconv_deploy import build_model
 from vidconv_deploy.bundle import read_manifest
@@ -83,35 +83,6 @@ STREAM_SEED = 2000
 
 def log(message: str) -> None:
     print(f"[streaming] {message}", file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` is often empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "os_cpu_count": os.cpu_count(),
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def stream_video(cfg: ViCConfig, count: int) -> np.ndarray:
