@@ -1,7 +1,7 @@
 """vidconv-export: build or load a VidConv, rewrite it, export it and carry it to a target.
 
 Targets (vidconv-export --list-targets): onnx (exact standard-op graphs and the streaming split),
-dpu-<board> (the DPU variant lowered, checked, quantized with vai_q_pytorch's arithmetic, the
+dpu-<board> (the hardware variant lowered, checked, quantized with vai_q_pytorch's arithmetic, the
 integer reference and golden vectors, the Vitis AI compile step and the board dir) and
 finn-<board> (the Brevitas FINN variant at --bits, QONNX, finn-plus streamlining, HW layers,
 folding to --fps, resource estimates against the board, the bit-exact chain and the finn build
