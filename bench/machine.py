@@ -37,3 +37,21 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def environment(load_before: list[float] | None) -> dict[str, Any]:
+    """What every benchmark's JSON records besides its figures: threads, the ONNX Runtime session settings, the
+    machine, its load before the run and now, and the package versions."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+        "onnxruntime_session": "CPUExecutionProvider, graph optimisations off (ORT_DISABLE_ALL), default threads, "
+                               "no spinning after a run (vidconv_deploy.onnx_session)",
+        "machine": machine(), "load_average_1_5_15": {"before": load_before, "after": load_average()},
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+                     "numpy": np.__version__},
+    }

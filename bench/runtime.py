@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime
 import torch
 
-from machine import load_average, machine  # bench/machine.py: this folder is on sys.path when run as a script
+from machine import environment, load_average  # bench/machine.py: this folder is on sys.path when run as a script
 
 from vidconv_deploy import build_model
 from vidconv_deploy.data.calibration import calibration_clips
@@ -156,11 +155,7 @@ def main() -> None:
         "runs": args.runs, "warmup_runs": 1,
         "seconds_per_clip": med, "timings": results, "ratios": ratios,
         "logits_max_abs_diff_vs_pytorch": agreement, "pytorch_logits_max_abs": float(np.max(np.abs(torch_logits))),
-        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-        "onnxruntime_session": "CPUExecutionProvider, graph optimisations off (ORT_DISABLE_ALL), default threads",
-        "machine": machine(), "load_average_1_5_15": {"before": load_before, "after": load_average()},
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-                     "numpy": np.__version__},
+        **environment(load_before),
     }
     if not args.json:
         from rich.console import Console

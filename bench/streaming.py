@@ -56,10 +56,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime
 import torch
 
-from machine import load_average, machine  # bench/machine.py: this folder is on sys.path when run as a script
+from machine import environment, load_average  # bench/machine.py: this folder is on sys.path when run as a script
 
 from vidconv_deploy import build_model
 from vidconv_deploy.bundle import read_manifest
@@ -244,11 +243,7 @@ def main() -> None:
         "macs": {k: v for k, v in macs.items() if k != "theoretical_speedup"},
         "export_s": round(export_s, 2), "export_verdict": verdict,
         "stream": f"synthetic-motion video (vidconv_deploy.data.synthetic.render, seed {STREAM_SEED}), ImageNet-normalised",
-        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-        "onnxruntime_session": "CPUExecutionProvider, graph optimisations off (ORT_DISABLE_ALL), default threads",
-        "machine": machine(), "load_average_1_5_15": {"before": load_before, "after": load_average()},
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-                     "numpy": np.__version__},
+        **environment(load_before),
     }
     if not args.json:
         from rich.console import Console

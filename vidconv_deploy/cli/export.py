@@ -43,7 +43,7 @@ from vidconv_deploy.models.zoo import shipped_class_names, shipped_weights
 from vidconv_deploy.targets.export import START_FROM_FIX, Outcome, bundle_dir, export_bundle
 from vidconv_deploy.targets.families import add_family_arguments, family, reject_foreign_flags
 from vidconv_deploy.targets.registry import Target, get_target, target_names
-from vidconv_deploy.targets.steps import check_step_name, resolve_steps
+from vidconv_deploy.targets.steps import check_step_range
 
 DEFAULT_SEED = 0
 #: Defaults of the model flags when no checkpoint decides them (None in the parser means "not given").
@@ -99,16 +99,6 @@ def validate_model_flags(args: argparse.Namespace) -> None:
     if grid is not None and args.frames is not None and grid[0] * grid[1] != args.frames:
         raise UserError(f"--grid {args.grid} holds {grid[0] * grid[1]} frames, not --frames {args.frames}: "
                         f"give one of them, or both in agreement")
-
-
-def validate_steps(args: argparse.Namespace, target: Target) -> None:
-    """--start-from and --stop-after name steps of this target, in order (before any model is loaded)."""
-    steps = resolve_steps(target.step_names, f"recipe {target.source}")
-    check_step_name(args.start_from, steps, "--start-from")
-    check_step_name(args.stop_after, steps, "--stop-after")
-    names = [s.name for s in steps]
-    if args.start_from and args.stop_after and names.index(args.stop_after) < names.index(args.start_from):
-        raise UserError(f"--stop-after {args.stop_after} comes before --start-from {args.start_from}: swap them")
 
 
 def validate_out(out: Path) -> None:
@@ -320,7 +310,7 @@ def _main(argv: Sequence[str] | None) -> int:
     target = get_target(args.target)
     reject_foreign_flags(target, args)
     validate_model_flags(args)
-    validate_steps(args, target)
+    check_step_range(target.steps(), args.start_from, args.stop_after)  # before any model is loaded
     args.bits_given = getattr(args, "bits", None)
     family(target.family).validate(target, args)
     validate_out(args.out)

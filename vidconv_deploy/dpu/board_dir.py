@@ -24,10 +24,10 @@ from onnx import numpy_helper
 from vidconv_deploy.atomic import write_bytes, write_text
 from vidconv_deploy.data.video import IMAGENET_MEAN, IMAGENET_STD, default_short_side
 from vidconv_deploy.dpu.boards import dpu_board
+from vidconv_deploy.runners import GRAPHS
 
 BOARD_JSON = "board.json"
 FORMAT = "vidconv-board/1"
-GRAPHS = ("early", "later")
 #: The runner in a source checkout (hw/board); a wheel install does not carry it.
 RUNNER = Path(str(resources.files("vidconv_deploy") / "board_runner" / "run_xmodel.py"))
 

@@ -35,17 +35,16 @@ import onnx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from vidconv_deploy.version import __version__
 from vidconv_deploy.atomic import atomic_path, write_bytes, write_text
+from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.dpu import vaiq_script
 from vidconv_deploy.dpu.boards import DpuBoard, dpu_board
 from vidconv_deploy.dpu.graph_spec import graph_spec
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.bundle import Bundle
-from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
+from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
+from vidconv_deploy.version import __version__
 
 COMPILE_DIR = "compile"
-GRAPHS = ("early", "later")
 #: The image ``docker/vitis-ai`` builds (FROM xilinx/vitis-ai-pytorch-cpu, Vitis AI 3.5).
 IMAGE = "vidconv-deploy/vitis-ai:3.5"
 #: The Vitis AI 3.5 image's PyTorch env (conda at /opt/vitis_ai/conda; env vitis-ai-pytorch,

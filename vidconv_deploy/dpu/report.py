@@ -10,8 +10,8 @@ from typing import Any
 from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.reference.compare import LayerStats
 from vidconv_deploy.report import Report
+from vidconv_deploy.runners import GRAPHS
 
-GRAPHS = ("early", "later")
 
 
 @dataclasses.dataclass

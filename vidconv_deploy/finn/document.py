@@ -9,9 +9,9 @@ from typing import Any
 
 from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.finn.boards import RESOURCES
-from vidconv_deploy.finn.report import GRAPHS
 from vidconv_deploy.plots import save_layer_bars
 from vidconv_deploy.report import Report
+from vidconv_deploy.runners import GRAPHS
 
 #: Layers listed per graph in the tables (slowest first); the plot shows them all.
 LISTED_LAYERS = 12

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from vidconv_deploy.atomic import write_text
-from vidconv_deploy.errors import UserError
 from vidconv_deploy.bundle import Bundle
+from vidconv_deploy.errors import UserError
 from vidconv_deploy.finn.boards import Board
 from vidconv_deploy.finn.model import FinnViC, GraphPart, calibrate, from_float
-from vidconv_deploy.finn.report import GRAPHS
 from vidconv_deploy.models.vidconv import VidConv
+from vidconv_deploy.runners import GRAPHS
 
 #: Random calibration clips when none are given (the manifest says so).
 RANDOM_CALIB_CLIPS = 2

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vidconv_deploy.finn.boards import RESOURCES, Board
+from vidconv_deploy.runners import GRAPHS
 
-GRAPHS = ("early", "later")
 
 
 def utilization(used: dict[str, float | None], budget: dict[str, int]) -> dict[str, float | None]:

@@ -12,11 +12,11 @@ from vidconv_deploy.runners.base import Runner, Tensors
 from vidconv_deploy.runners.finn import FinnRunner, QonnxRunner
 from vidconv_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from vidconv_deploy.runners.reference import IntegerReferenceRunner
-from vidconv_deploy.runners.streaming import StreamingSplit, StreamResult, collage
+from vidconv_deploy.runners.streaming import GRAPHS, StreamingSplit, StreamResult, collage
 from vidconv_deploy.runners.torch import TorchRunner
 from vidconv_deploy.runners.vart import VartRunner
 
 __all__ = [
-    "FinnRunner", "IntegerReferenceRunner", "OnnxRuntimeRunner", "QonnxRunner", "Runner", "StreamResult", "StreamingSplit",
-    "Tensors", "TorchRunner", "VartRunner", "collage",
+    "GRAPHS", "FinnRunner", "IntegerReferenceRunner", "OnnxRuntimeRunner", "QonnxRunner", "Runner", "StreamResult",
+    "StreamingSplit", "Tensors", "TorchRunner", "VartRunner", "collage",
 ]

@@ -21,6 +21,8 @@ from vidconv_deploy.errors import UserError
 from vidconv_deploy.runners.base import Runner, Tensors
 
 LAYOUTS = ("NCHW", "NHWC")
+#: The split's two graphs, in the order a clip runs them: the early net per frame, the later net per collage.
+GRAPHS = ("early", "later")
 
 
 def collage(frames: Sequence[np.ndarray] | np.ndarray, grid: tuple[int, int], layout: str = "NCHW") -> np.ndarray:

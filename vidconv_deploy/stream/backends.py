@@ -17,7 +17,7 @@ import torch
 
 from vidconv_deploy.bundle import read_manifest
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner, VartRunner
+from vidconv_deploy.runners import GRAPHS, IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner, VartRunner
 from vidconv_deploy.stream.recognizer import FloatBuffer, Int8Buffer, StreamingRecognizer
 
 #: Backends whose early outputs are int8 codes: their ring buffer keeps the codes, as the board does.
@@ -87,7 +87,7 @@ def _pytorch(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingSp
 
 def _vart(bundle: Path, manifest: dict, grid: tuple[int, int]) -> StreamingSplit:
     """The compiled xmodels on the board's DPU (VART): only where vai_c_xir ran and VART is installed."""
-    xmodels = [bundle / "compile" / "xmodel" / g / f"{g}.xmodel" for g in ("early", "later")]
+    xmodels = [bundle / "compile" / "xmodel" / g / f"{g}.xmodel" for g in GRAPHS]
     if not all(x.is_file() for x in xmodels):
         raise UserError(f"{bundle} holds no compiled xmodels (compile/xmodel/early|later): build them with "
                         f"compile/docker_run.sh, or stream with --backend reference (the same integers here)")
@@ -129,9 +129,9 @@ def open_backend(bundle: Path, backend: str | None = None) -> Backend:
         "onnxruntime": lambda: StreamingSplit(grid, OnnxRuntimeRunner(_file(bundle, manifest, "early_onnx")),
                                               OnnxRuntimeRunner(_file(bundle, manifest, "later_onnx"))),
         "onnxruntime-int8": lambda: StreamingSplit(grid, *(OnnxRuntimeRunner(_file(bundle, manifest, "quant_onnx") / f"{g}.onnx")
-                                                           for g in ("early", "later"))),
+                                                           for g in GRAPHS)),
         "reference": lambda: StreamingSplit(grid, *(IntegerReferenceRunner(_file(bundle, manifest, "quant_onnx") / f"{g}.onnx",
-                                                                           "dpu") for g in ("early", "later"))),
+                                                                           "dpu") for g in GRAPHS)),
         "brevitas": lambda: _brevitas(bundle, manifest, grid),
         "vart": lambda: _vart(bundle, manifest, grid),
         "pytorch": lambda: _pytorch(bundle, manifest, grid),

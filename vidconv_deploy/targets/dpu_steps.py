@@ -27,9 +27,9 @@ from vidconv_deploy.dpu.throughput import peak_throughput
 from vidconv_deploy.quant import quantize_onnx, write_quant_info
 from vidconv_deploy.quant.qdq import QuantResult
 from vidconv_deploy.reference import compare_with_onnxruntime, layer_report, rounding_differences, save_sqnr_plot
-from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
+from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun
-from vidconv_deploy.targets.steps import GRAPHS, step
+from vidconv_deploy.targets.steps import step
 
 
 def _feeds(ctx: ExportContext) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
@@ -57,6 +57,7 @@ def _quant_from_bundle(ctx: ExportContext) -> dict[str, QuantResult] | None:
 
 
 def _layers(ctx: ExportContext) -> dict[str, Any]:
+    """Per-tensor error of each INT8 graph (DPU rounding) against its float graph, on the check feeds."""
     graphs, quant, feeds = ctx.value("graphs"), ctx.value("quant"), ctx.value("check_feeds")
     return {g: layer_report(graphs[g], quant[g].model, feeds[g], rounding="dpu") for g in GRAPHS}
 
@@ -95,20 +96,18 @@ def step_quantize(ctx: ExportContext, run: StepRun) -> None:
 @step("integer_reference", "integer reference")
 def step_integer_reference(ctx: ExportContext, run: StepRun) -> None:
     """The verdict ``bit_exact``: the integer reference equals ONNX Runtime's fake-quant run on every tensor."""
-    graphs, quant, feeds = ctx.value("graphs"), ctx.value("quant"), ctx.value("check_feeds")
+    quant, feeds = ctx.value("quant"), ctx.value("check_feeds")
     reference: dict[str, Any] = {}
-    layers = {}
     for name in GRAPHS:
         exact = compare_with_onnxruntime(quant[name].model, feeds[name])
         dpu = rounding_differences(quant[name].model, feeds[name])
-        layers[name] = layer_report(graphs[name], quant[name].model, feeds[name], rounding="dpu")
         reference[name] = {
             "bit_exact_vs_onnxruntime": exact.bit_exact,
             "tensors_compared": len(exact.rows),
             "not_exact_in_float32": [r.tensor for r in exact.not_exact_in_float32],
             "dpu_rounding_differs": [dataclasses.asdict(r) for r in dpu.rows],
         }
-    ctx.set("layers", layers)
+    layers = ctx.set("layers", _layers(ctx))
     ctx.fields["reference"] = ctx.set("reference", reference)
     run.record.update({n: {"bit_exact": r["bit_exact_vs_onnxruntime"]} for n, r in reference.items()})
     inexact = [g for g, r in reference.items() if not r["bit_exact_vs_onnxruntime"]]

@@ -19,7 +19,7 @@ from vidconv_deploy.bundle import MANIFEST, Bundle, read_manifest, staged_bundle
 from vidconv_deploy.targets import dpu_steps, evaluate_step, finn_steps, onnx_steps  # noqa: F401 (registers steps)
 from vidconv_deploy.targets.context import ExportContext
 from vidconv_deploy.targets.registry import Target
-from vidconv_deploy.targets.steps import Observer, check_step_name, resolve_steps, run_steps
+from vidconv_deploy.targets.steps import Observer, check_step_range, run_steps
 from vidconv_deploy.verdict import Check, Verdict
 
 #: Where each family's steps rebuild their values from a finished bundle (--start-from).
@@ -67,12 +67,9 @@ def export_bundle(target: Target, model: Any, weights: dict[str, Any], options: 
     ``values``: inputs the steps read (``calibration``: clips, source, skips; ``class_names``; ``teacher``).
     ``observer``: wraps every step that runs (e.g. to measure its memory).
     """
-    steps = resolve_steps(target.step_names, f"recipe {target.source}")
+    steps = target.steps()
     start_from, stop_after = getattr(options, "start_from", None), getattr(options, "stop_after", None)
-    check_step_name(start_from, steps, "--start-from")
-    check_step_name(stop_after, steps, "--stop-after")
-    if start_from and stop_after and [s.name for s in steps].index(stop_after) < [s.name for s in steps].index(start_from):
-        raise UserError(f"--stop-after {stop_after} comes before --start-from {start_from}: swap them")
+    check_step_range(steps, start_from, stop_after)
     final = bundle_dir(out, model.cfg.arch, target.name)
     previous = read_manifest(final, START_FROM_FIX) if start_from else {}
     if previous and (previous.get("target") != target.name or previous.get("model", {}).get("config") != model.cfg.to_dict()):

@@ -25,8 +25,9 @@ from vidconv_deploy.finn.document import finn_document
 from vidconv_deploy.finn.layer_error import quantizer_sqnr
 from vidconv_deploy.finn.pipeline import export_qonnx, prepare_model, run_build, tensor_io, write_build
 from vidconv_deploy.finn.report import finn_report
+from vidconv_deploy.runners import GRAPHS
 from vidconv_deploy.targets.context import ExportContext, StepRun
-from vidconv_deploy.targets.steps import GRAPHS, step
+from vidconv_deploy.targets.steps import step
 
 
 def _session(ctx: ExportContext) -> None:

@@ -20,9 +20,9 @@ from vidconv_deploy.export.onnx_export import (
     DEPLOY_FORBIDDEN, STREAMING_FORBIDDEN, MethodModule, export_graph, relative_error,
 )
 from vidconv_deploy.export.passes import apply_passes
-from vidconv_deploy.runners import OnnxRuntimeRunner, StreamingSplit
+from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun, StopPipeline
-from vidconv_deploy.targets.steps import GRAPHS, step
+from vidconv_deploy.targets.steps import step
 
 
 def non_finite_tensors(model: torch.nn.Module) -> list[str]:

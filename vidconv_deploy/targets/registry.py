@@ -13,12 +13,15 @@ import difflib
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vidconv_deploy.check.ruleset import RuleSet, load_ruleset
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.passes import PASSES, Pass, passes_by_name
 from vidconv_deploy.targets.recipes import recipe_files, resolve
+
+if TYPE_CHECKING:
+    from vidconv_deploy.targets.steps import Step
 
 REQUIRED = ("family", "rules", "default_model", "steps")
 
@@ -68,6 +71,12 @@ class Target:
     @property
     def step_names(self) -> tuple[str, ...]:
         return tuple(self.recipe["steps"])
+
+    def steps(self) -> list[Step]:
+        """The recipe's steps, resolved to the registered step functions."""
+        from vidconv_deploy.targets.steps import resolve_steps
+
+        return resolve_steps(self.step_names, f"recipe {self.source}")
 
     @property
     def quantizer(self) -> Mapping[str, Any]:

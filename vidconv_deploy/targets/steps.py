@@ -17,10 +17,9 @@ from typing import Any, ContextManager
 
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.progress import progress_bar
+from vidconv_deploy.runners import GRAPHS
 from vidconv_deploy.targets.context import ExportContext, StepRun, StopPipeline
 
-#: The streaming split's two graphs, in the order per-graph steps run them.
-GRAPHS = ("early", "later")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +60,14 @@ def resolve_steps(names: Sequence[str], where: str) -> list[Step]:
     return [REGISTRY[n] for n in names]
 
 
-def check_step_name(name: str | None, steps: Sequence[Step], flag: str) -> None:
-    """``--start-from``/``--stop-after`` must name a step of this target."""
-    if name is not None and name not in [s.name for s in steps]:
-        raise UserError(f"{flag} {name}: not a step of this target; its steps are {', '.join(s.name for s in steps)}")
+def check_step_range(steps: Sequence[Step], start_from: str | None, stop_after: str | None) -> None:
+    """``--start-from`` and ``--stop-after`` name steps of this target, the first not after the second."""
+    names = [s.name for s in steps]
+    for flag, name in (("--start-from", start_from), ("--stop-after", stop_after)):
+        if name is not None and name not in names:
+            raise UserError(f"{flag} {name}: not a step of this target; its steps are {', '.join(names)}")
+    if start_from and stop_after and names.index(stop_after) < names.index(start_from):
+        raise UserError(f"--stop-after {stop_after} comes before --start-from {start_from}: swap them")
 
 
 #: Wraps each step that runs and may add figures to its record (bench/ measures peak memory per step with it).
