@@ -87,7 +87,10 @@ class ExportContext:
     def value(self, name: str) -> Any:
         """An intermediate result: kept from this run, else rebuilt by its loader, else an error naming the step."""
         if name not in self._values:
-            producer, load = self._loaders.get(name, ("an earlier step", lambda _ctx: None))
+            if name not in self._loaders:
+                raise UserError(f"{name} is made by an earlier step and cannot be rebuilt from the bundle: "
+                                f"--start-from an earlier step")
+            producer, load = self._loaders[name]
             loaded = load(self)
             if loaded is None:
                 raise UserError(f"{name} is made by step {producer} and cannot be rebuilt from the bundle: "

@@ -81,6 +81,7 @@ def register_loaders(ctx: ExportContext) -> None:
     ctx.loader("graphs_to_check", "export_qonnx", lambda c: {g: c.value(f"qonnx_{g}").model for g in GRAPHS})
     ctx.loader("chain", "verify_chain", lambda c: _previous_report(c).get("chain"))
     ctx.loader("layer_sqnr", "layer_error", lambda c: _previous_report(c).get("layer_sqnr"))
+    ctx.loader("finn_report", "finn_report", lambda c: _previous_report(c) or None)
 
 
 def _mapped(ctx: ExportContext) -> tuple[bool, str]:
