@@ -4,6 +4,10 @@ The hardware facts are YAML that hardware engineers review next to their sources
 evaluates them. A file may ``extends`` another so that facts shared by boards with the same DPU core
 are written once (a child's keys override the parent's, dicts merge recursively). Files marked
 ``abstract`` are building blocks, not selectable targets.
+
+A DPU rule set names its DPU configurations (``dpu.configurations``: name -> fingerprint, with the
+source) and the board's default (``board.dpu``); resolving it merges the facts decoded from the chosen
+fingerprint (:mod:`.dpu_config`) over its keys, so the same board file serves a B3136 and a B4096.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from vidconv_deploy.check.dpu_config import DpuChoice, dpu_facts
 from vidconv_deploy.errors import UserError
 
 
@@ -72,11 +77,21 @@ def list_targets() -> list[str]:
     return sorted(n for n in names if not _raw(n).get("abstract"))
 
 
-def load_ruleset(target: str) -> RuleSet:
-    """The resolved rule set of ``target``; an unknown name is a :class:`UserError` with suggestions."""
+def load_ruleset(target: str, dpu: DpuChoice | None = None) -> RuleSet:
+    """The resolved rule set of ``target`` for the DPU ``dpu`` names (None: the board's default).
+
+    An unknown name, a DPU choice for a target without a DPU, or a choice that does not decode is a
+    :class:`UserError` naming the fix.
+    """
     targets = list_targets()
     if target not in targets:
         close = difflib.get_close_matches(target, targets, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of {', '.join(targets)}"
         raise UserError(f"unknown target {target!r}: {hint}")
-    return RuleSet(target, _resolve(target))
+    data = _resolve(target)
+    if "dpu" not in data:
+        if dpu is not None:
+            raise UserError(f"{dpu}: {target} has no DPU: drop it or choose a dpu-* target")
+        return RuleSet(target, data)
+    own = {k: v for k, v in data.items() if k != "dpu"}
+    return RuleSet(target, _merge(own, dpu_facts(target, data, dpu)))
