@@ -14,6 +14,7 @@ from vidconv_deploy.check.ops import build_ops
 from vidconv_deploy.check.partition import partition
 from vidconv_deploy.check.result import CheckResult
 from vidconv_deploy.check.ruleset import load_ruleset
+from vidconv_deploy.check.vaiep import check_vaiep
 
 
 def check_model(model: onnx.ModelProto | str | Path, target: str) -> CheckResult:
@@ -30,6 +31,8 @@ def check_model(model: onnx.ModelProto | str | Path, target: str) -> CheckResult
         devices = {name: p.device for name, p in placement.items()}
     elif rules.family == "finn":
         devices, findings = check_finn(graph, ops, rules)
+    elif rules.family == "vaiep":
+        devices, findings = check_vaiep(graph, ops, rules)
     else:
         devices, findings = check_onnx(graph, ops, rules)
     listing = [{"name": op.name, "op_type": op.op_type, "device": devices[op.name]} for op in ops if op.name in devices]
