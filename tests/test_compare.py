@@ -21,7 +21,7 @@ import pytest
 
 from vidconv_deploy.cli.compare import main as compare_main
 from vidconv_deploy.cli.export import main as export_main
-from vidconv_deploy.dpu.dump_compare import TieRecorder, compare_dump, diagnose, load_bundle, rescale
+from vidconv_deploy.dpu.dump_compare import TieRecorder, compare_dump, diagnose, load_bundle, octaves, rescale
 from vidconv_deploy.dpu.dump_reader import read_dump_dir, remove_xfix
 from vidconv_deploy.dpu.golden import GoldenTensor, clip_golden, read_golden, tensor_key, to_layout
 from vidconv_deploy.reference import run_reference
@@ -250,6 +250,10 @@ def test_table_output_names_the_divergence(bundle, host, tmp_path, capsys):
 def test_diagnose_a_short_file_is_its_size():
     cause = diagnose(np.zeros(10, np.int8), np.zeros((1, 2, 2, 4), np.int8), 7, 1, lambda: None)
     assert (cause.name, cause.detail) == ("size", "the dump holds 10 values, the tensor 16 (1x2x2x4)")
+
+
+def test_table_histogram_folds_signed_differences_into_octaves():
+    assert octaves({-3: 1, 0: 5, 1: 2, -1: 1, 9: 4, 2: 1}) == {"0": 5, "1": 3, "2-3": 2, "8-15": 4}
 
 
 # ---- bad input: exit 2, one line -------------------------------------------------------------------

@@ -304,11 +304,11 @@ class DumpReport:
 
     def table(self) -> Table:
         table = Table(title=f"board dump vs golden vectors (tolerance {self.tolerance_lsb} LSB), walk order")
-        for column in ("tensor", "dump file", "fix point (bundle/dump)", "max |LSB|", "LSB histogram", "verdict"):
-            table.add_column(column)
+        for column in ("tensor", "dump file", "fix point (bundle/dump)", "max |LSB|", "|LSB| histogram", "verdict"):
+            table.add_column(column, overflow="fold")
         for r in self.rows:
             fix = f"{r.fix_point}/{'-' if r.dump_fix_point is None else r.dump_fix_point}"
-            bins = " ".join(f"{k:+d}:{v}" if k else f"0:{v}" for k, v in sorted(r.histogram.items()))
+            bins = " ".join(f"{label}:{n}" for label, n in octaves(r.histogram).items())
             verdict = {"first divergence": f"[red]first divergence: {self.cause.name if self.cause else ''}[/red]",
                        AFTER: f"[yellow]{AFTER}[/yellow]", "missing": "[dim]missing[/dim]"}.get(r.verdict, r.status)
             table.add_row(r.key, r.file or "-", fix, "-" if r.max_lsb is None else str(r.max_lsb), bins or "-", verdict)
@@ -320,6 +320,17 @@ class DumpReport:
         if self.ok:
             return f"MATCH: every dumped tensor within {self.tolerance_lsb} LSB ({tail})"
         return f"DIVERGES at {self.first}: {self.cause.name}: {self.cause.detail} ({tail})"
+
+
+def octaves(histogram: dict[int, int]) -> dict[str, int]:
+    """A signed LSB histogram folded into |difference| octaves for a table: ``0``, ``1``, ``2-3``, ``4-7``, ..."""
+    folded: dict[str, int] = {}
+    for diff, count in sorted(histogram.items(), key=lambda item: abs(item[0])):
+        size = abs(diff)
+        low = 1 << (size.bit_length() - 1) if size else 0
+        label = str(size) if size < 2 else f"{low}-{2 * low - 1}"
+        folded[label] = folded.get(label, 0) + count
+    return folded
 
 
 def _host_ties(bundle: DpuBundle, tensor: HostTensor) -> np.ndarray | None:
