@@ -240,7 +240,7 @@ def class_names(args: argparse.Namespace, model: VidConv) -> list[str]:
 def step_inputs(args: argparse.Namespace, target: Target, model: torch.nn.Module, weights: dict[str, Any]) -> dict[str, Any]:
     """What the steps read besides the model, decoded before any bundle exists (bad videos fail here)."""
     values: dict[str, Any] = {"class_names": class_names(args, model)}
-    if target.family in ("dpu", "finn"):
+    if target.family in ("dpu", "finn", "vaiep"):
         from vidconv_deploy.data.calibration import calibration_clips
 
         cfg = model.cfg

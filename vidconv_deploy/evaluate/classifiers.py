@@ -97,6 +97,9 @@ def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Pa
         return found
     found["float"] = WholeClipGraph(path("float_onnx"))
     found["deploy"] = WholeClipGraph(path("deploy_onnx"))
+    if family == "vaiep":  # Quark's QDQ graphs on ONNX Runtime's CPU EP (the EP's device is not here)
+        found["Quark QDQ (ONNX Runtime CPU)"] = Streaming(StreamingSplit(
+            grid, OnnxRuntimeRunner(path("quark_early_onnx")), OnnxRuntimeRunner(path("quark_later_onnx"))))
     if family == "dpu":
         quant = path("quant_onnx")
         early, later = quant / "early.onnx", quant / "later.onnx"

@@ -74,7 +74,10 @@ def quark_config(name: str, exclude: Sequence[str] = (), extra: Mapping[str, Any
     # Quark's own configs pass extra_options=... as a keyword, which QConfig keeps nested under that key.
     # VINT8 calibrates on random data by default (UseRandomData): ours is calibrated on the real feeds.
     options = {**base.extra_options["extra_options"], "PrintSummary": False, "UseRandomData": False, **(extra or {})}
-    return qonnx.QConfig(global_config=base.global_config, exclude=list(exclude), extra_options=options)
+    # A fresh layer config each time: Quark rewrites the one it is given (activation -> input_tensors)
+    # and then refuses it. Both configs quantize every tensor with XInt8Spec (custom_config.py).
+    layer = qonnx.QLayerConfig(input_tensors=qonnx.XInt8Spec(), weight=qonnx.XInt8Spec())
+    return qonnx.QConfig(global_config=layer, exclude=list(exclude), extra_options=options)
 
 
 def quantize_with_quark(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], config: str = "XINT8",

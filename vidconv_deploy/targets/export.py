@@ -16,7 +16,7 @@ from typing import Any
 
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.bundle import MANIFEST, Bundle, read_manifest, staged_bundle
-from vidconv_deploy.targets import dpu_steps, evaluate_step, finn_steps, onnx_steps  # noqa: F401 (registers steps)
+from vidconv_deploy.targets import dpu_steps, evaluate_step, finn_steps, onnx_steps, vaiep_steps  # noqa: F401 (registers steps)
 from vidconv_deploy.targets.context import ExportContext
 from vidconv_deploy.targets.registry import Target
 from vidconv_deploy.targets.steps import Observer, check_step_range, run_steps
@@ -24,7 +24,8 @@ from vidconv_deploy.verdict import Check, Verdict
 
 #: Where each family's steps rebuild their values from a finished bundle (--start-from).
 LOADERS = {"onnx": [onnx_steps.register_loaders], "dpu": [onnx_steps.register_loaders, dpu_steps.register_loaders],
-           "finn": [onnx_steps.register_loaders, finn_steps.register_loaders]}
+           "finn": [onnx_steps.register_loaders, finn_steps.register_loaders],
+           "vaiep": [onnx_steps.register_loaders, vaiep_steps.register_loaders]}
 
 
 #: What to do when --start-from finds no finished bundle.

@@ -103,6 +103,22 @@ def finn_tools(target: Target) -> list[Tool]:
             Tool("docker", "runs finn_build/docker_run.sh (image from docker/finn)", _program("docker"))]
 
 
+def validate_vaiep(target: Target, options: argparse.Namespace) -> None:
+    """amd-quark 0.13 is here (scripts/quark-install.sh); then the calibration options."""
+    from vidconv_deploy.quark.env import import_quark
+
+    import_quark()
+    validate_calibration(target, options)
+
+
+def vaiep_tools(target: Target) -> list[Tool]:
+    import onnxruntime
+
+    ep = "in this onnxruntime" if "VitisAIExecutionProvider" in onnxruntime.get_available_providers() else None
+    return [*onnx_tools(target), Tool("amd-quark", "quantizes both streaming graphs (quark/)", _package("amd-quark")),
+            Tool("VitisAIExecutionProvider", "compiles the QDQ graphs for the DPU/NPU on first load (ep/run_ep.py)", ep)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A target family: the option groups it takes, how it validates them, the tools it drives."""
@@ -129,6 +145,8 @@ FAMILIES: dict[str, Family] = {
                   ("compile_xmodel", ("vai_q_pytorch", "vai_c_xir"))),
     "finn": Family("finn", ("calib", "calib_clips", "eval", "bits", "fps", "allow_unfit"), validate_finn, finn_tools,
                    ("finn_build", ("vivado", "finn"))),
+    "vaiep": Family("vaiep", ("calib", "calib_clips", "eval"), validate_vaiep, vaiep_tools,
+                    ("ep_compile", ("VitisAIExecutionProvider",))),
 }
 #: Every family-specific flag, by the families that take it (a flag given to another family is an error).
 FAMILY_FLAGS = {flag for f in FAMILIES.values() for flag in f.flags}
