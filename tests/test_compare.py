@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from vidconv_deploy.cli.compare import main as compare_main
 from vidconv_deploy.cli.export import main as export_main
 from vidconv_deploy.dpu.dump_compare import TieRecorder, compare_dump, diagnose, load_bundle, octaves, rescale
 from vidconv_deploy.dpu.dump_reader import read_dump_dir, remove_xfix
-from vidconv_deploy.dpu.golden import GoldenTensor, clip_golden, read_golden, tensor_key, to_layout
+from vidconv_deploy.dpu.golden import GoldenTensor, clip_golden, read_golden, to_layout
 from vidconv_deploy.reference import run_reference
 
 VIDCONV_COMPARE = Path(sys.executable).parent / "vidconv-compare"
@@ -244,7 +243,8 @@ def test_a_missing_file_is_named(bundle, host, tmp_path, capsys):
 def test_table_output_names_the_divergence(bundle, host, tmp_path, capsys):
     code, out, _ = run([bundle, write_dump(bundle, host, tmp_path, "vart", {SPATIAL: lambda x: rescale(x, 1)})], capsys)
     assert code == 1
-    assert f"DIVERGES at {SPATIAL}: fix position differs: the dump matches the bundle's codes moved by +1 bit" in " ".join(out.split())
+    expected = f"DIVERGES at {SPATIAL}: fix position differs: the dump matches the bundle's codes moved by +1 bit"
+    assert expected in " ".join(out.split())
 
 
 def test_diagnose_a_short_file_is_its_size():
@@ -270,10 +270,12 @@ def test_bad_input_is_one_line(bundle, host, tmp_path, capsys):
     stranger.mkdir()
     np.zeros(4, np.int8).tofile(stranger / "0.resnet50__conv1.bin")
     cases = [
-        ([tmp_path / "nope", empty], f"bundle {tmp_path / 'nope'} is not a folder: give the folder vidconv-export --target dpu-<board> wrote"),
+        ([tmp_path / "nope", empty],
+         f"bundle {tmp_path / 'nope'} is not a folder: give the folder vidconv-export --target dpu-<board> wrote"),
         ([onnx_bundle, empty], f"{onnx_bundle} is a bundle of target 'onnx' (onnx), not a DPU bundle: export one with "
                                f"vidconv-export --target dpu-kv260 (or another dpu-<board>)"),
-        ([bundle, tmp_path / "none"], f"dump dir {tmp_path / 'none'} does not exist: give the folder the board's dump was copied to"),
+        ([bundle, tmp_path / "none"],
+         f"dump dir {tmp_path / 'none'} does not exist: give the folder the board's dump was copied to"),
         ([bundle, empty], f"{empty} holds no dumped tensor"),
         ([bundle, stranger], f"no file in {stranger} matches a tensor of {bundle} (dump names such as resnet50__conv1)"),
         ([bundle, stranger, "--tolerance", "-1"], "--tolerance -1: give a number of LSB >= 0"),
@@ -290,5 +292,6 @@ def test_console_script_exit_codes(bundle, host, tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert clean.returncode == 0, clean.stderr[-2000:]
     assert json.loads(clean.stdout.strip().splitlines()[-1])["ok"] is True
-    missing = subprocess.run([str(VIDCONV_COMPARE), str(tmp_path / "x"), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run([str(VIDCONV_COMPARE), str(tmp_path / "x"), str(tmp_path)], capture_output=True, text=True,
+                             timeout=60)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1

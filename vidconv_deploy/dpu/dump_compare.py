@@ -44,7 +44,7 @@ from vidconv_deploy.dpu.golden import Golden, GoldenEntry, read_golden, to_layou
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.fixpoint import arithmetic as fixpoint
 from vidconv_deploy.progress import progress_bar
-from vidconv_deploy.reference.executor import Codes, Executor, Fx, Raw
+from vidconv_deploy.reference.executor import Executor, Fx, Raw
 
 #: Fix-point moves tried when a tensor diverges (an int8 code moved by 8 bits or more is 0 or saturated).
 MAX_SHIFT = 7
@@ -60,13 +60,8 @@ class TieRecorder(Executor):
 
     def _quantize(self, proto: onnx.NodeProto, args: list) -> list:
         x, fp = args[0], self._fix_points[id(proto)]
-        if isinstance(x, Raw):
-            scaled = x.v.to(torch.float64) * 2.0**fp
-        elif isinstance(x, Fx):
-            scaled = x.v.to(torch.float64) * 2.0 ** (fp - x.e)  # exact: the codes of a tensor stay below 2**53
-        else:
-            scaled = None
-        if scaled is not None:
+        if isinstance(x, (Raw, Fx)):  # anything else is refused by the executor itself
+            scaled = x.v.to(torch.float64) * 2.0 ** (fp - (x.e if isinstance(x, Fx) else 0))  # exact below 2**53
             self.ties[self.key_of_q[proto.output[0]]] = (scaled - torch.floor(scaled) == 0.5).numpy()
         return super()._quantize(proto, args)
 
@@ -233,7 +228,8 @@ def diagnose(raw: np.ndarray, host: np.ndarray, fix_point: int, tolerance: int,
     fits = [(_largest(dump, rescale(host, k)), k) for k in shifts]
     best, k = min(fits, key=lambda f: (f[0], abs(f[1])))
     if best <= tolerance:
-        return Cause("fix position differs", f"the dump matches the bundle's codes moved by {k:+d} bit{'s' if abs(k) > 1 else ''}: "
+        bits = f"{k:+d} bit{'s' if abs(k) > 1 else ''}"
+        return Cause("fix position differs", f"the dump matches the bundle's codes moved by {bits}: "
                      f"the board uses fix point {fix_point + k}, the bundle {fix_point}", k)
     diff = dump.astype(np.int16) - host
     differ = np.abs(diff) > 0
@@ -246,8 +242,9 @@ def diagnose(raw: np.ndarray, host: np.ndarray, fix_point: int, tolerance: int,
     if int(np.abs(diff).max()) == 1:
         tie = ties()
         if tie is not None and np.all(tie[differ]):
+            direction = _rounding_direction(dump, host, differ)
             return Cause("rounding mode", f"{count} values differ by 1 LSB, each at a .5 tie of the host "
-                         f"({int(tie.sum())} ties in the tensor): the board rounds them {_rounding_direction(dump, host, differ)}")
+                         f"({int(tie.sum())} ties in the tensor): the board rounds them {direction}")
     return Cause("unexplained", f"{count} values differ, by up to {int(np.abs(diff).max())} LSB; no single cause (layout, "
                                 f"fix position, saturation, rounding mode) explains them")
 
@@ -316,7 +313,8 @@ class DumpReport:
 
     def summary(self) -> str:
         compared = sum(r.status != "missing" for r in self.rows)
-        tail = f"{compared} tensors compared, {len(self.missing)} missing from the dump, {len(self.unmatched)} dump files unmatched"
+        tail = (f"{compared} tensors compared, {len(self.missing)} missing from the dump, "
+                f"{len(self.unmatched)} dump files unmatched")
         if self.ok:
             return f"MATCH: every dumped tensor within {self.tolerance_lsb} LSB ({tail})"
         return f"DIVERGES at {self.first}: {self.cause.name}: {self.cause.detail} ({tail})"

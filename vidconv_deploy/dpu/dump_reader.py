@@ -115,6 +115,7 @@ def _read_file(path: Path, root: Path) -> DumpFile | None:
     parts = rel.parts[:-1]
     stem = remove_xfix(path.name[: -len(".bin")])
     graph, frame = _graph_and_frame(parts)
+    graph = graph or _graph_and_frame((stem,))[0]  # vai_q's tensor names start with the graph's: Early::...
     if DEPLOY_CHECK_DIR in parts:
         if not stem.endswith("_fix") or stem.endswith(("_weight_fix", "_bias_fix")):
             return None  # float32 copies and parameters
