@@ -87,7 +87,7 @@ def write_dump(bundle: Path, host: dict[str, GoldenTensor], root: Path, layout: 
         else:  # xdputil run: <batch>.<name with / -> _>.bin, outputs only, in the folder it ran in
             if t.role != "output":
                 continue
-            path = root / t.graph / f"0.{remove_xfix(xir).replace('/', '_')}.bin"
+            path = root / f"0.{remove_xfix(xir).replace('/', '_')}.bin"  # one flat folder: the graph is in the name
         path.parent.mkdir(parents=True, exist_ok=True)
         data.tofile(path)
     if layout == "deploy_check":  # vai_q's quant_info.json (topological names) and our compile step's names.json
@@ -285,6 +285,14 @@ def test_bad_input_is_one_line(bundle, host, tmp_path, capsys):
         lines = err.strip().splitlines()
         assert code == 2 and out == "" and len(lines) == 1, (argv, err)
         assert lines[0].startswith(f"vidconv-compare: error: {message}"), lines[0]
+
+
+def test_a_damaged_quant_info_is_one_line(bundle, host, tmp_path, capsys):
+    dump = write_dump(bundle, host, tmp_path, "deploy_check")
+    (tmp_path / "later" / "quant_info.json").write_text("{")
+    code, _, err = run([bundle, dump], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"{tmp_path / 'later' / 'quant_info.json'} or {tmp_path / 'later' / 'names.json'} is not vai_q's" in err
 
 
 def test_console_script_exit_codes(bundle, host, tmp_path):
