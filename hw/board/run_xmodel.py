@@ -155,6 +155,7 @@ class VartBackend:
                              "or use --backend reference on a host" % err)
         self.runners, self.xgraphs = {}, []  # a runner must not outlive its graph
         self.fallback_fix = {g: i["output_fix_point"] for g, i in board["graphs"].items()}
+        parsed = {}
         for graph, info in board["graphs"].items():
             path = board_dir / info["xmodel"]
             if not path.is_file():
@@ -164,7 +165,13 @@ class VartBackend:
             self.xgraphs.append(xgraph)
             children = xgraph.get_root_subgraph().toposort_child_subgraph()
             devices = [c.get_attr("device").upper() if c.has_attr("device") else "" for c in children]
-            dpu = [c for c, d in zip(children, devices) if d == "DPU"]
+            parsed[graph] = (xgraph, devices, [c for c, d in zip(children, devices) if d == "DPU"])
+        compiled = {g: dpu[0].get_attr("dpu_fingerprint") for g, (_, _, dpu) in parsed.items()
+                    if dpu and dpu[0].has_attr("dpu_fingerprint")}
+        problem = fingerprint_problem(board, board_fingerprints(), compiled)
+        if problem:  # before VART's own check aborts the process ("CHECK fingerprint fail")
+            raise BoardError(problem)
+        for graph, (xgraph, devices, dpu) in parsed.items():
             if len(dpu) == 1 and "CPU" not in devices:
                 self.runners[graph] = ("vart", vart.Runner.create_runner(dpu[0], mode))
             else:
@@ -196,6 +203,49 @@ class VartBackend:
         seen = [Seen(graph, frame, "input", t_in.name, x.reshape(buf_in.shape).copy(), int(in_fix), self.layout),
                 Seen(graph, frame, "output", t_out.name, out, int(out_fix), self.layout)]
         return out, int(out_fix), seen
+
+
+def board_fingerprints() -> list:
+    """The DPU fingerprints ``xdputil query`` reports on this board (its JSON ``kernels[].fingerprint``);
+    empty without xdputil or when it reports none (0: the Vivado flow, where VART skips its check too)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["xdputil", "query"], capture_output=True, text=True, timeout=120)
+        kernels = json.loads(proc.stdout).get("kernels", []) if proc.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return []
+    found = []
+    for kernel in kernels:
+        try:
+            value = int(str(kernel.get("fingerprint", "0")), 16)
+        except ValueError:
+            continue
+        if value:
+            found.append(value)
+    return found
+
+
+def fingerprint_problem(board: dict, on_board: list, compiled: dict):
+    """One line saying what to rebuild when the board's DPU (``on_board``, from xdputil query), the bundle
+    (board.json ``dpu_fingerprint``) and the xmodels' ``dpu_fingerprint`` attrs (``compiled``) disagree;
+    None when they agree. VART compares all 64 bits and ignores a zero (dpu_runner_base_imp.cpp), so do we."""
+    bundle = int(board["dpu_fingerprint"], 16) if board.get("dpu_fingerprint") else 0
+    dpu = next((f for f in on_board if f), 0)
+    target = board.get("target", "dpu-<board>")
+    if dpu and bundle and dpu != bundle:
+        return ("this board's DPU has fingerprint %#x (xdputil query) but the bundle was built for %#x: rebuild it "
+                "with vidconv-export --target %s --fingerprint %#x, then compile it (compile/docker_run.sh)"
+                % (dpu, bundle, target, dpu))
+    for graph, value in sorted(compiled.items()):
+        if value and bundle and value != bundle:
+            return ("%s.xmodel was compiled for DPU fingerprint %#x but the bundle was built for %#x: compile it again "
+                    "with the bundle's compile/compile.sh (it checks the arch.json) and copy the xmodels here"
+                    % (graph, value, bundle))
+        if value and dpu and value != dpu:
+            return ("%s.xmodel was compiled for DPU fingerprint %#x but this board's DPU has %#x: rebuild the bundle "
+                    "with vidconv-export --target %s --fingerprint %#x and compile it again" % (graph, value, dpu, target, dpu))
+    return None
 
 
 # --- the streaming split -----------------------------------------------------------------------

@@ -13,17 +13,18 @@ from vidconv_deploy.check.onnx_std import check_onnx
 from vidconv_deploy.check.ops import build_ops
 from vidconv_deploy.check.partition import partition
 from vidconv_deploy.check.result import CheckResult
-from vidconv_deploy.check.ruleset import load_ruleset
+from vidconv_deploy.check.ruleset import RuleSet, load_ruleset
 from vidconv_deploy.check.vaiep import check_vaiep
 
 
-def check_model(model: onnx.ModelProto | str | Path, target: str) -> CheckResult:
-    """Check ``model`` (a ModelProto or a path) against ``target`` (see :func:`list_targets`).
+def check_model(model: onnx.ModelProto | str | Path, target: str | RuleSet) -> CheckResult:
+    """Check ``model`` (a ModelProto or a path) against ``target``: a name (see :func:`list_targets`), or a
+    resolved rule set (e.g. a DPU target for another DPU configuration, :func:`load_ruleset`).
 
     Bad input (missing file, not ONNX, a cycle, an unknown op domain, an unknown target) raises
     :class:`~vidconv_deploy.errors.UserError`.
     """
-    rules = load_ruleset(target)
+    rules = target if isinstance(target, RuleSet) else load_ruleset(target)
     graph = load_graph(model, frozenset(rules.data.get("extra_domains", [])))
     ops = build_ops(graph)
     if rules.family == "dpu":
@@ -36,4 +37,5 @@ def check_model(model: onnx.ModelProto | str | Path, target: str) -> CheckResult
     else:
         devices, findings = check_onnx(graph, ops, rules)
     listing = [{"name": op.name, "op_type": op.op_type, "device": devices[op.name]} for op in ops if op.name in devices]
-    return CheckResult(target=target, findings=findings, partition=partition(ops, devices), ops=listing)
+    crossing = graph if rules.family == "dpu" else None
+    return CheckResult(target=rules.name, findings=findings, partition=partition(ops, devices, crossing), ops=listing)

@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 from vidconv_deploy.atomic import write_bytes, write_text
 from vidconv_deploy.data.video import IMAGENET_MEAN, IMAGENET_STD, default_short_side
+from vidconv_deploy.check.ruleset import RuleSet
 from vidconv_deploy.dpu.boards import dpu_board
 from vidconv_deploy.runners import GRAPHS
 
@@ -57,7 +58,7 @@ def _shape(value: onnx.ValueInfoProto) -> list[int]:
 def write_board_dir(
     board_dir: Path,
     *,
-    target: str,
+    target: str | RuleSet,
     arch: str,
     grid: tuple[int, int],
     image_size: tuple[int, int],
@@ -101,7 +102,8 @@ def write_board_dir(
         write_bytes(board_dir / runner.name, runner.read_bytes())
         (board_dir / runner.name).chmod(0o755)
     info = {
-        "format": FORMAT, "target": target, "board": board.name, "dpu": board.core, "arch": arch,
+        "format": FORMAT, "target": board.target, "board": board.name, "dpu": board.core,
+        "dpu_fingerprint": board.fingerprint, "arch": arch,
         "grid": list(grid), "frames": grid[0] * grid[1], "image_size": list(image_size),
         "feature_shape": graphs["early"]["output_shape"][1:],
         "short_side": default_short_side(image_size) if short_side is None else short_side,

@@ -37,6 +37,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from vidconv_deploy.atomic import atomic_path, write_bytes, write_text
 from vidconv_deploy.bundle import Bundle
+from vidconv_deploy.check.ruleset import RuleSet
 from vidconv_deploy.dpu import vaiq_script
 from vidconv_deploy.dpu.boards import DpuBoard, dpu_board
 from vidconv_deploy.dpu.graph_spec import graph_spec
@@ -185,7 +186,8 @@ def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def compile_script(board: DpuBoard, arch_json: str) -> str:
-    """``compile.sh``: vai_q_pytorch then vai_c_xir for each streaming graph, logs in ``logs/``."""
+    """``compile.sh``: the arch.json's fingerprint against the bundle's, then vai_q_pytorch and vai_c_xir for
+    each streaming graph, logs in ``logs/``."""
     return f"""#!/usr/bin/env bash
 # Quantize the streaming split with vai_q_pytorch and compile it for {board.name} ({board.core}) with vai_c_xir.
 # Runs inside the Vitis AI 3.5 image built from docker/vitis-ai (docker_run.sh beside this file has the command).
@@ -196,12 +198,29 @@ cd "$(dirname "$0")"
 VAI_PYTHON="${{VAI_PYTHON:-{VAI_PYTHON}}}"
 # The board's DPU must have this arch.json's fingerprint (check it on the board with: xdputil query).
 ARCH_JSON="${{ARCH_JSON:-{arch_json}}}"
+# The bundle's rule check, channel split and golden vectors assume the DPU with this fingerprint
+# ({board.chosen_by}); vai_c_xir must not compile for another (checked up front when the arch.json is here,
+# and before each vai_c_xir).
+BUNDLE_FINGERPRINT={board.fingerprint}
+check_arch_json() {{
+  if [ ! -f "$ARCH_JSON" ]; then
+    echo "compile.sh: $ARCH_JSON not found: set ARCH_JSON to the arch.json of the DPU with fingerprint $BUNDLE_FINGERPRINT" >&2
+    exit 2
+  fi
+  found=$(tr -d ' \\t\\r\\n' < "$ARCH_JSON" | grep -o '"fingerprint":"0[xX][0-9a-fA-F]*"' | cut -d'"' -f4 || true)
+  if [ -z "$found" ] || [ "$((found))" != "$((BUNDLE_FINGERPRINT))" ]; then
+    echo "compile.sh: $ARCH_JSON has fingerprint ${{found:-none}} but the bundle was checked for $BUNDLE_FINGERPRINT ({board.core}): re-export with --arch-json $ARCH_JSON (vidconv-export --target {board.target} --arch-json FILE), or set ARCH_JSON to the arch.json of $BUNDLE_FINGERPRINT" >&2
+    exit 2
+  fi
+}}
+if [ -f "$ARCH_JSON" ]; then check_arch_json; fi
 export PATH="$(dirname "$VAI_PYTHON"):$PATH"  # vai_c_xir lives in the same conda env
 mkdir -p logs
 for graph in {' '.join(GRAPHS)}; do
   "$VAI_PYTHON" quantize_vaiq.py --spec "model/$graph.json" --calib "calib/$graph.npy" \\
       --out "vaiq/$graph" --target {board.core} 2>&1 | tee "logs/quantize_$graph.log"
   quantized=$(ls "vaiq/$graph"/*_int.xmodel)
+  check_arch_json
   vai_c_xir -x "$quantized" -a "$ARCH_JSON" -o "xmodel/$graph" -n "$graph" 2>&1 | tee "logs/compile_$graph.log"
 done
 """
@@ -218,7 +237,7 @@ docker run --rm --user "$(id -u):$(id -g)" -e HOME=/tmp -v "$bundle:/bundle" -w 
 
 def prepare_compile(
     bundle_dir: Path,
-    target: str,
+    target: str | RuleSet,
     early: onnx.ModelProto,
     later: onnx.ModelProto,
     calib_clips: Sequence[np.ndarray],
@@ -229,8 +248,12 @@ def prepare_compile(
     image: str = IMAGE,
     feeds: tuple[Sequence[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.ndarray]]] | None = None,
 ) -> CompilePlan:
-    """Write ``bundle_dir/compile/`` for ``target`` from the float streaming graphs and calibration clips.
+    """Write ``bundle_dir/compile/`` for ``target`` (a name: the board's default DPU; a rule set: the DPU it
+    was resolved for) from the float streaming graphs and calibration clips.
 
+    The arch.json compiled with: ``arch_json`` when given, else the user's ``--arch-json`` (copied), else for
+    a DPU other than the board's default one holding only its fingerprint (what vai_c_xir reads from it),
+    else the image's arch.json for the board. compile.sh checks its fingerprint before compiling.
     ``quant_info`` maps ``early``/``later`` to our quantizer's quant_info.json files (fix positions to
     compare with vai_q's);
     ``arch_json`` a host arch.json (e.g. ``{"fingerprint": "0x..."}`` read from the board with
@@ -246,11 +269,15 @@ def prepare_compile(
         _save_npz(out / "model" / f"{name}.npz", weights)
         _save_npy(out / "calib" / f"{name}.npy", samples.astype(np.float32))
     arch = board.arch_json
-    if arch_json is not None:
-        if not arch_json.is_file():
-            raise UserError(f"arch.json {arch_json} not found: write one with the board's fingerprint "
+    given = arch_json if arch_json is not None else Path(board.user_arch_json) if board.user_arch_json else None
+    if given is not None:
+        if not given.is_file():
+            raise UserError(f"arch.json {given} not found: write one with the board's fingerprint "
                             f'(xdputil query on the board), e.g. {{"fingerprint": "0x..."}}')
-        write_bytes(out / "arch.json", arch_json.read_bytes())
+        write_bytes(out / "arch.json", given.read_bytes())
+        arch = "arch.json"
+    elif not board.default:
+        write_text(out / "arch.json", json.dumps({"fingerprint": board.fingerprint}) + "\n")
         arch = "arch.json"
     write_text(out / "quantize_vaiq.py", Path(vaiq_script.__file__).read_text(encoding="utf-8"))
     write_text(out / "compile.sh", compile_script(board, arch))

@@ -145,7 +145,7 @@ def step_check_operators(ctx: ExportContext, run: StepRun) -> None:
     """The verdict ``compliant``: the graphs the target deploys, against its rule set (compliance.json)."""
     rules = ctx.target.ruleset.name
     graphs = ctx.value("graphs_to_check")
-    results = {name: check_model(graph, rules) for name, graph in graphs.items()}
+    results = {name: check_model(graph, ctx.target.ruleset) for name, graph in graphs.items()}  # its DPU, if any
     compliant = all(r.compliant for r in results.values())
     if len(results) == 1:
         ctx.bundle.write_json("compliance_json", "compliance.json", next(iter(results.values())).to_dict())

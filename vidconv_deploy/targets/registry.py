@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vidconv_deploy.check.dpu_config import DpuChoice
 from vidconv_deploy.check.ruleset import RuleSet, load_ruleset
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.export.passes import PASSES, Pass, passes_by_name
@@ -46,6 +47,8 @@ class Target:
     name: str
     recipe: Mapping[str, Any]
     source: Path
+    #: The DPU the user named (--dpu-arch / --fingerprint / --arch-json); None: the board's default.
+    dpu: DpuChoice | None = None
 
     @property
     def family(self) -> str:
@@ -57,7 +60,7 @@ class Target:
 
     @cached_property
     def ruleset(self) -> RuleSet:
-        return load_ruleset(str(self.recipe["rules"]))
+        return load_ruleset(str(self.recipe["rules"]), self.dpu)
 
     @property
     def board(self) -> Mapping[str, Any]:
@@ -98,8 +101,9 @@ class Target:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's record of the target: its recipe as resolved, its board and rule set."""
+        arch = self.ruleset.data.get("arch")
         return {"name": self.name, "family": self.family, "rules": self.ruleset.name, "board": dict(self.board),
-                "recipe": dict(self.recipe)}
+                **({"dpu": dict(arch)} if self.family == "dpu" and arch else {}), "recipe": dict(self.recipe)}
 
 
 def _validate(name: str, path: Path, recipe: Mapping[str, Any]) -> None:
