@@ -42,7 +42,7 @@ import onnx
 from vidconv_deploy.check.dpu import DPU, Placement, attr, check_dpu
 from vidconv_deploy.check.graph import ModelGraph, load_graph
 from vidconv_deploy.check.ops import Op, build_ops
-from vidconv_deploy.check.ruleset import RuleSet, load_ruleset
+from vidconv_deploy.check.ruleset import RuleSet
 
 _MOVEMENT = frozenset({"Concat", "Split", "Slice", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Pad", "Transpose"})
 _POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"})
@@ -304,9 +304,8 @@ def config_facts(config: DpuConfig) -> dict[str, Any]:
             "host_ms_per_frame": config.host_s_per_frame * 1e3, "peak_macs_per_s": config.peak_macs_per_s}
 
 
-def model_performance(model: onnx.ModelProto | str | Path, target: str, top: int = 10) -> dict[str, Any]:
-    """``vidconv-check --perf``: one ONNX model's estimate on one DPU target."""
-    rules = load_ruleset(target)
+def model_performance(model: onnx.ModelProto | str | Path, rules: RuleSet, top: int = 10) -> dict[str, Any]:
+    """``vidconv-check --perf``: one ONNX model's estimate on one DPU target's resolved rule set."""
     config = DpuConfig.from_rules(rules)
     return {"config": config_facts(config), **perf_summary(estimate(graph_work(model, rules), config), top)}
 
@@ -326,3 +325,19 @@ def streaming_performance(graphs: Mapping[str, onnx.ModelProto], frames: int, ru
             "full_clip": {"frames": frames, **{k.replace("fps", "clips_per_s"): v for k, v in clip.items()}},
             "streaming": throughput(stream_s, stream_bytes, config),
             "graphs": {name: perf_summary(e, top) for name, e in est.items()}}
+
+
+def slowest_layers(performance: Mapping[str, Any], top: int = 20) -> list[dict[str, Any]]:
+    """The ``top`` costliest layers of one streamed frame (one early and one later run), graph-qualified."""
+    layers = [{**layer, "layer": f"{graph}:{layer['layer']}"} for graph, g in performance["graphs"].items()
+              for layer in g["layers"] if layer["ms"] > 0]
+    return sorted(layers, key=lambda layer: -layer["ms"])[:top]
+
+
+def save_layer_chart(performance: Mapping[str, Any], path: str | Path, title: str, top: int = 20) -> None:
+    """Bar chart of the slowest layers of a streamed frame: blue compute-bound, orange memory-bound."""
+    from vidconv_deploy.plots import save_layer_bars
+
+    layers = slowest_layers(performance, top)
+    save_layer_bars([layer["layer"] for layer in layers], [layer["ms"] for layer in layers], path, title, "estimated ms",
+                    colors=["tab:orange" if layer["bound"] == "memory" else "tab:blue" for layer in layers])

@@ -1,5 +1,6 @@
 """``report.md`` / ``report.html`` of a DPU bundle: what ran and what did not, the partition, the
-integer reference's verdicts, per-layer error with plots, the compile step and the throughput bound."""
+integer reference's verdicts, per-layer error with plots, the compile step, the performance estimate
+and the peak-throughput bound."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from vidconv_deploy.bundle import Bundle
+from vidconv_deploy.dpu.perf_model import slowest_layers
 from vidconv_deploy.reference.compare import LayerStats
 from vidconv_deploy.report import Report
 from vidconv_deploy.runners import GRAPHS
-
 
 
 @dataclasses.dataclass
@@ -25,6 +26,7 @@ class DpuExport:
     layers: dict[str, list[LayerStats]]
     compile: dict[str, Any]
     throughput: dict[str, Any]
+    performance: dict[str, Any]
 
 
 def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], accuracy: list[dict] | None = None
@@ -78,6 +80,8 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
     report.text("Run it: compile/docker_run.sh (the Vitis AI image from docker/vitis-ai), then copy board/ to the "
                 "board and run board/run_xmodel.py.")
 
+    performance_section(report, result.performance)
+
     t = result.throughput
     report.section("DPU peak-throughput bound").table(
         ["figure", "value"],
@@ -87,3 +91,26 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
          ["streamed frames/s bound", f"{t['streamed_frames_per_s_bound']:.1f}"]])
     report.text(t["note"] + ".")
     return report.write(bundle.directory)
+
+def performance_section(report: Report, performance: dict[str, Any]) -> None:
+    """The performance model's estimate: clip and streaming rates, the slowest layers, the figures it used."""
+    clip, stream, config = performance["full_clip"], performance["streaming"], performance["config"]
+    report.section("DPU performance estimate (model, not a measurement)").table(
+        ["mode", "latency ms (one core)", "single thread /s", f"multi-thread /s ({config['cores']} cores)"],
+        [[f"full clip ({clip['frames']} frames + collage), clips", clip["latency_ms"], clip["clips_per_s_single_thread"],
+          clip["clips_per_s_multi_thread"]],
+         ["streaming (1 early + 1 later run per new frame), frames", stream["latency_ms"], stream["fps_single_thread"],
+          stream["fps_multi_thread"]]])
+    report.image("report_files/dpu_layers.png", "slowest layers of a streamed frame (blue compute-bound, orange memory-bound)")
+    report.table(["bottleneck layer", "op", "engine", "ms", "bound"],
+                 [[layer["layer"], layer["op_type"], layer["engine"], layer["ms"], layer["bound"]]
+                  for layer in slowest_layers(performance, 8)])
+    off = [f"{g}:{name}" for g, p in performance["graphs"].items() for name in p["off_dpu"]]
+    if off:
+        report.text(f"Not costed (they run on the board CPU): {', '.join(off)}.")
+    report.text(f"{config['arch']}: PP x ICP x OCP = {' x '.join(map(str, config['pp_icp_ocp']))}, ALU pixel parallelism "
+                f"{config['alu_pixel_parallel']}, {config['clock_mhz']:g} MHz, {config['cores']} cores, data ports "
+                f"{config['port_gb_per_s']:.1f} GB/s per core, DDR {config['ddr_gb_per_s']:.1f} GB/s usable; fitted: conv "
+                f"efficiency {config['conv_efficiency']:g}, {config['layer_overhead_cycles']} overhead cycles per layer, "
+                f"{config['host_ms_per_frame']:g} ms host work per frame (single thread). Validated on the Vitis AI Model Zoo "
+                "(bench/dpu_cost_validation.py, DPUCZDX8G boards only).")

@@ -23,6 +23,7 @@ from vidconv_deploy.dpu import prepare_compile, run_compile, write_board_dir, wr
 from vidconv_deploy.dpu.board_dir import io_fix_points
 from vidconv_deploy.dpu.compile import COMPILE_DIR, STEP as COMPILE_STEP
 from vidconv_deploy.dpu.report import DpuExport, dpu_report
+from vidconv_deploy.dpu.perf_model import save_layer_chart, streaming_performance
 from vidconv_deploy.dpu.throughput import peak_throughput
 from vidconv_deploy.quant import quantize_onnx, write_quant_info
 from vidconv_deploy.quant.qdq import QuantResult
@@ -62,6 +63,11 @@ def _layers(ctx: ExportContext) -> dict[str, Any]:
     return {g: layer_report(graphs[g], quant[g].model, feeds[g], rounding="dpu") for g in GRAPHS}
 
 
+def _performance(ctx: ExportContext) -> dict[str, Any]:
+    """The performance model's estimate of both graphs on the target's board (deterministic, so recomputed)."""
+    return streaming_performance(ctx.value("graphs"), ctx.model.cfg.frames, ctx.target.ruleset)
+
+
 def register_loaders(ctx: ExportContext) -> None:
     """How the DPU steps' values are rebuilt for a --start-from run (recomputed, or read from the bundle)."""
     ctx.loader("graphs_to_check", "export_streaming", lambda c: c.value("graphs"))
@@ -70,6 +76,7 @@ def register_loaders(ctx: ExportContext) -> None:
     ctx.loader("quant", "quantize", _quant_from_bundle)
     ctx.loader("reference", "integer_reference", lambda c: c.previous_field("reference"))
     ctx.loader("layers", "integer_reference", _layers)
+    ctx.loader("performance", "dpu_performance", _performance)
     ctx.loader("partition", "check_operators", lambda c: {g: r["partition"] for g, r in json.loads(
         (c.directory / "compliance.json").read_text()).items()} if (c.directory / "compliance.json").is_file() else None)
 
@@ -162,9 +169,23 @@ def step_board_dir(ctx: ExportContext, run: StepRun) -> None:
 def step_dpu_report(ctx: ExportContext, run: StepRun) -> None:
     cfg = ctx.model.cfg
     ctx.fields["throughput"] = throughput = peak_throughput(ctx.target.ruleset.data, cfg)
+    ctx.fields["performance"] = performance = ctx.value("performance")
     compiled = ctx.fields.get("compile") or {"ran": False, "reason": "this target's recipe has no compile_xmodel step"}
     result = DpuExport(ctx.fields["verification"], ctx.fields["compliant"], ctx.value("partition"),
-                       ctx.value("reference"), ctx.value("layers"), compiled, throughput)
+                       ctx.value("reference"), ctx.value("layers"), compiled, throughput, performance)
     dpu_report(ctx.bundle, result, {"arch": cfg.arch, "weights": ctx.weights["source"],
                                           "verdict": ctx.verdict.to_dict()}, ctx.fields.get("accuracy"))
     ctx.bundle.record_report()
+
+@step("dpu_performance", "DPU performance")
+def step_dpu_performance(ctx: ExportContext, run: StepRun) -> None:
+    """Estimated latency and fps of the full clip and of streaming on the board, and the slowest layers
+    (vidconv_deploy.dpu.perf_model: a model validated on the Vitis AI Model Zoo, not a measurement)."""
+    performance = ctx.set("performance", _performance(ctx))
+    ctx.fields["performance"] = performance
+    ctx.directory.joinpath("report_files").mkdir(exist_ok=True)
+    save_layer_chart(performance, ctx.directory / "report_files" / "dpu_layers.png",
+                     f"{ctx.model.cfg.arch} on {ctx.target.ruleset.name}: slowest layers of a streamed frame (estimate)")
+    clip, stream = performance["full_clip"], performance["streaming"]
+    run.record.update(clip_latency_ms=round(clip["latency_ms"], 3), clips_per_s_multi_thread=round(clip["clips_per_s_multi_thread"], 1),
+                      streamed_frames_per_s_multi_thread=round(stream["fps_multi_thread"], 1))
