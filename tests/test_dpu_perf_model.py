@@ -113,3 +113,19 @@ def test_dpu_export_records_the_estimate_in_the_manifest(tmp_path):
     assert step["clip_latency_ms"] == round(perf["full_clip"]["latency_ms"], 3)
     assert perf["graphs"]["later"]["bottlenecks"][0]["layer"] and not perf["graphs"]["early"]["off_dpu"]
     assert (bundle / "report_files" / "dpu_layers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_check_cli_perf_prints_the_estimate_and_refuses_non_dpu_targets(tmp_path, capsys):
+    from vidconv_deploy.cli.check import main as check_main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], (1, 16, 8, 8), {"w": (16, 16, 1, 1)}), str(path))
+    assert check_main([str(path), "--target", "dpu-kv260", "--perf", "--json"]) == 0
+    perf = json.loads(capsys.readouterr().out)["performance"]
+    assert [(layer["layer"], layer["cycles"]) for layer in perf["layers"]] == [("conv", 8)]
+    assert perf["latency_ms"] == pytest.approx(perf["layers"][0]["ms"])
+    assert check_main([str(path), "--target", "dpu-kv260", "--perf"]) == 0
+    assert "estimated on dpu-kv260" in capsys.readouterr().out
+    assert check_main([str(path), "--target", "finn", "--perf"]) == 2
+    assert capsys.readouterr().err.strip() == ("vidconv-check: error: --perf estimates DPU performance and finn is not a "
+                                               "DPU target: choose a dpu-* target")

@@ -18,7 +18,9 @@ from rich.console import Console
 from vidconv_deploy.atomic import nearest_existing, write_text
 from vidconv_deploy.check import check_model, list_targets
 from vidconv_deploy.check.report import junit_xml, print_table
+from vidconv_deploy.check.ruleset import load_ruleset
 from vidconv_deploy.cli.common import run_main
+from vidconv_deploy.dpu.perf_model import model_performance, print_performance
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.targets.registry import get_target, target_names
 
@@ -31,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help=f"one of: {', '.join(target_choices())}")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for CI)")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report to FILE")
+    p.add_argument("--perf", action="store_true",
+                   help="also estimate latency, fps and the slowest layers on the DPU (dpu-* targets; an estimate)")
     return p
 
 
@@ -59,13 +63,19 @@ def _body(argv: Sequence[str] | None) -> int:
             raise UserError(f"--junit {args.junit} is a folder: give a file path for the JUnit XML report")
         if not where.is_dir():
             raise UserError(f"--junit {args.junit}: cannot use {where}: it is a file, not a folder: give another path")
-    result = check_model(args.model, rule_set_of(args.target))
+    rules = load_ruleset(rule_set_of(args.target))
+    if args.perf and rules.family != "dpu":
+        raise UserError(f"--perf estimates DPU performance and {args.target} is not a DPU target: choose a dpu-* target")
+    result = check_model(args.model, rules.name)
+    performance = model_performance(args.model, rules) if args.perf else None
     if args.junit:
         write_text(args.junit, junit_xml(result))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), **({"performance": performance} if performance else {})}, indent=2))
     else:
         print_table(result, args.model.name, Console())
+        if performance:
+            print_performance(performance, Console())
     return 0 if result.compliant else 1
 
 

@@ -43,6 +43,7 @@ from vidconv_deploy.check.dpu import DPU, Placement, attr, check_dpu
 from vidconv_deploy.check.graph import ModelGraph, load_graph
 from vidconv_deploy.check.ops import Op, build_ops
 from vidconv_deploy.check.ruleset import RuleSet
+from vidconv_deploy.errors import UserError
 
 _MOVEMENT = frozenset({"Concat", "Split", "Slice", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Pad", "Transpose"})
 _POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"})
@@ -167,7 +168,7 @@ class _Coster:
     def shape(self, name: str) -> tuple[int, ...]:
         shape = self.g.static_shape(name)
         if shape is None:
-            raise ValueError(f"tensor {name!r} has no static shape: give the model fixed input sizes")
+            raise UserError(f"tensor {name!r} has no static shape: export the model with fixed input sizes to estimate its performance")
         return shape
 
     def features(self, op: Op) -> int:
@@ -341,3 +342,21 @@ def save_layer_chart(performance: Mapping[str, Any], path: str | Path, title: st
     layers = slowest_layers(performance, top)
     save_layer_bars([layer["layer"] for layer in layers], [layer["ms"] for layer in layers], path, title, "estimated ms",
                     colors=["tab:orange" if layer["bound"] == "memory" else "tab:blue" for layer in layers])
+
+
+def print_performance(performance: Mapping[str, Any], console: Any, top: int = 10) -> None:
+    """``vidconv-check --perf``'s table for people: the slowest layers, then latency and fps."""
+    from rich.table import Table
+
+    config = performance["config"]
+    table = Table(title=f"estimated on {config['target']} ({config['arch']}, {config['clock_mhz']:g} MHz, {config['cores']} cores)")
+    for column in ("layer", "op", "engine", "ms", "share", "bound"):
+        table.add_column(column)
+    total = performance["latency_ms"]
+    for layer in sorted(performance["layers"], key=lambda layer: -layer["ms"])[:top]:
+        table.add_row(layer["layer"], layer["op_type"], layer["engine"], f"{layer['ms']:.4f}", f"{layer['ms'] / total:.0%}", layer["bound"])
+    console.print(table)
+    console.print(f"latency {total:.3f} ms per inference on one core; {performance['fps_single_thread']:.1f} fps single thread, "
+                  f"{performance['fps_multi_thread']:.1f} fps multi-thread (an estimate: bench/dpu_cost_validation.py)")
+    if performance["off_dpu"]:
+        console.print(f"not costed (board CPU): {', '.join(performance['off_dpu'])}")
