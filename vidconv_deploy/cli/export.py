@@ -41,7 +41,7 @@ from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv, build_model
 from vidconv_deploy.models.zoo import shipped_class_names, shipped_weights
 from vidconv_deploy.targets.export import START_FROM_FIX, Outcome, bundle_dir, export_bundle
-from vidconv_deploy.targets.families import add_family_arguments, family, reject_foreign_flags
+from vidconv_deploy.targets.families import add_family_arguments, family, reject_foreign_flags, with_dpu
 from vidconv_deploy.targets.registry import Target, get_target, target_names
 from vidconv_deploy.targets.steps import check_step_range
 
@@ -309,6 +309,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # Every check that needs no model comes first: nothing is loaded, decoded or written before them.
     target = get_target(args.target)
     reject_foreign_flags(target, args)
+    target = with_dpu(target, args)  # --dpu-arch / --fingerprint / --arch-json: the rule set of that DPU
     validate_model_flags(args)
     check_step_range(target.steps(), args.start_from, args.stop_after)  # before any model is loaded
     args.bits_given = getattr(args, "bits", None)

@@ -27,6 +27,8 @@ class DpuExport:
     compile: dict[str, Any]
     throughput: dict[str, Any]
     performance: dict[str, Any]
+    #: The DPU configuration the bundle assumes: the rule set's ``arch`` (name, size, fingerprint, chosen_by).
+    dpu: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], accuracy: list[dict] | None = None
@@ -35,6 +37,11 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
     report = Report(f"{model_facts['arch']} -> {bundle.target}")
     report.what_ran(bundle.steps, model_facts["verdict"], model_facts["weights"])
 
+    if result.dpu:
+        d = result.dpu
+        report.section("DPU").text(f"{d['name']}, fingerprint {d['fingerprint']} ({d['chosen_by']}): the rule check, the "
+                                   f"channel split and the throughput bound are for this DPU; compile/compile.sh and "
+                                   f"board/run_xmodel.py refuse another.")
     report.section("Partition (predicted from the target's rules)")
     rows = []
     for graph, part in result.partition.items():
@@ -44,6 +51,13 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
     cpu = [r for r in rows if r[1] != "DPU"]
     report.text("Every op runs on the DPU; the host only assembles the collage from int8 early outputs."
                 if not cpu else f"Ops off the DPU: {cpu} (see compliance.json for each node and the fix).")
+    crossing = [[graph, i, ", ".join(sg["ops"][:3]) + (" ..." if len(sg["ops"]) > 3 else ""),
+                 sg["dpu_to_cpu_bytes"], sg["cpu_to_dpu_bytes"]]
+                for graph, part in result.partition.items() for i, sg in enumerate(part["subgraphs"]) if "dpu_to_cpu_bytes" in sg]
+    if crossing:
+        report.text("Bytes between the DPU and each subgraph off it, per run of the graph (the early graph runs once "
+                    "per frame, the later once per window: per frame at stride 1); int8, one byte per element:")
+        report.table(["graph", "subgraph", "ops", "DPU -> CPU bytes", "CPU -> DPU bytes"], crossing)
     report.text(f"Rule check: {'compliant' if result.compliant else 'NOT compliant'} with {bundle.target}.")
 
     report.section("Exact rewrite (float)").table(
@@ -91,6 +105,7 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
          ["streamed frames/s bound", f"{t['streamed_frames_per_s_bound']:.1f}"]])
     report.text(t["note"] + ".")
     return report.write(bundle.directory)
+
 
 def performance_section(report: Report, performance: dict[str, Any]) -> None:
     """The performance model's estimate: clip and streaming rates, the slowest layers, the figures it used."""

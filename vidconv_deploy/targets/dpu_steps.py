@@ -138,7 +138,7 @@ def step_golden_vectors(ctx: ExportContext, run: StepRun) -> None:
 def step_compile_xmodel(ctx: ExportContext, run: StepRun) -> None:
     """vai_q_pytorch + vai_c_xir where they are; otherwise the scripts are written and the step says it did not run."""
     graphs = ctx.value("graphs")
-    plan = prepare_compile(ctx.directory, ctx.target.ruleset.name, graphs["early"], graphs["later"],
+    plan = prepare_compile(ctx.directory, ctx.target.ruleset, graphs["early"], graphs["later"],
                            ctx.value("calibration")["clips"], ctx.model.cfg.grid,
                            quant_info={n: ctx.directory / "quant" / f"{n}_quant_info.json" for n in GRAPHS},
                            feeds=ctx.value("feeds"))
@@ -158,7 +158,7 @@ def step_compile_xmodel(ctx: ExportContext, run: StepRun) -> None:
 def step_board_dir(ctx: ExportContext, run: StepRun) -> None:
     cfg, quant = ctx.model.cfg, ctx.value("quant")
     xmodels = ctx.value("xmodels") if ctx.has("xmodels") else ()
-    write_board_dir(ctx.directory / "board", target=ctx.target.ruleset.name, arch=cfg.arch, grid=cfg.grid,
+    write_board_dir(ctx.directory / "board", target=ctx.target.ruleset, arch=cfg.arch, grid=cfg.grid,
                     image_size=cfg.image_size, early=quant["early"].model, later=quant["later"].model,
                     class_names=ctx.value("class_names"), xmodels={x.parent.name: x for x in xmodels} or None,
                     golden_dir=ctx.directory / "golden")
@@ -172,10 +172,12 @@ def step_dpu_report(ctx: ExportContext, run: StepRun) -> None:
     ctx.fields["performance"] = performance = ctx.value("performance")
     compiled = ctx.fields.get("compile") or {"ran": False, "reason": "this target's recipe has no compile_xmodel step"}
     result = DpuExport(ctx.fields["verification"], ctx.fields["compliant"], ctx.value("partition"),
-                       ctx.value("reference"), ctx.value("layers"), compiled, throughput, performance)
+                       ctx.value("reference"), ctx.value("layers"), compiled, throughput, performance,
+                       ctx.target.ruleset.data["arch"])
     dpu_report(ctx.bundle, result, {"arch": cfg.arch, "weights": ctx.weights["source"],
                                           "verdict": ctx.verdict.to_dict()}, ctx.fields.get("accuracy"))
     ctx.bundle.record_report()
+
 
 @step("dpu_performance", "DPU performance")
 def step_dpu_performance(ctx: ExportContext, run: StepRun) -> None:

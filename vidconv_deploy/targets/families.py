@@ -16,11 +16,14 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from vidconv_deploy.check.dpu_config import DpuChoice
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.targets.registry import Target, Tool
 
 #: Most calibration clips taken (without --calib each is a synthetic video made first).
 MAX_CALIB_CLIPS = 1024
+#: The options that name the DPU of a dpu-* target.
+DPU_FLAGS = ("dpu_arch", "fingerprint", "arch_json")
 
 
 def _package(name: str) -> str | None:
@@ -39,6 +42,29 @@ def add_calibration_arguments(group: argparse._ArgumentGroup) -> None:
                                                   "(default: synthetic-motion videos)")
     group.add_argument("--calib-clips", type=int, help="calibration clips (default: the recipe's, 16)")
     group.add_argument("--eval", type=Path, help="dataset folder: score its test split and put accuracy in the report")
+
+
+def add_dpu_arguments(group: argparse._ArgumentGroup) -> None:
+    """The DPU the bundle is for (at most one; default: the board's, hw/rules/dpu-<board>.yaml board.dpu)."""
+    group.add_argument("--dpu-arch", metavar="NAME", help="the board's DPU by name, e.g. B3136 (the KV260's Kria app "
+                                                          "overlays) or B4096; the rule set lists the names")
+    group.add_argument("--fingerprint", metavar="0x...", help="the DPU's fingerprint as `xdputil query` prints it on the board")
+    group.add_argument("--arch-json", metavar="FILE", help="the arch.json you will compile with (vai_c_xir -a)")
+
+
+def dpu_choice(options: argparse.Namespace) -> DpuChoice | None:
+    """The DPU named by --dpu-arch, --fingerprint or --arch-json (None: the board's); two of them is an error."""
+    given = [DpuChoice(flag, str(getattr(options, flag))) for flag in DPU_FLAGS if getattr(options, flag, None) is not None]
+    if len(given) > 1:
+        raise UserError(f"{given[0]} and {given[1]} both name the DPU: give one of --dpu-arch, --fingerprint, --arch-json")
+    return given[0] if given else None
+
+
+def with_dpu(target: Target, options: argparse.Namespace) -> Target:
+    """``target`` for the DPU the options name, its rule set resolved now (a bad choice fails before any work)."""
+    chosen = dataclasses.replace(target, dpu=dpu_choice(options))
+    _ = chosen.ruleset
+    return chosen
 
 
 def add_finn_arguments(group: argparse._ArgumentGroup) -> None:
@@ -141,7 +167,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "onnx": Family("onnx", (), lambda target, options: None, onnx_tools),
-    "dpu": Family("dpu", ("calib", "calib_clips", "eval"), validate_calibration, dpu_tools,
+    "dpu": Family("dpu", ("calib", "calib_clips", "eval", *DPU_FLAGS), validate_calibration, dpu_tools,
                   ("compile_xmodel", ("vai_q_pytorch", "vai_c_xir"))),
     "finn": Family("finn", ("calib", "calib_clips", "eval", "bits", "fps", "allow_unfit"), validate_finn, finn_tools,
                    ("finn_build", ("vivado", "finn"))),
@@ -159,6 +185,7 @@ def family(name: str) -> Family:
 def add_family_arguments(parser: argparse.ArgumentParser) -> None:
     """Every family's option group (so --help lists them all); each flag's default is None (= not given)."""
     add_calibration_arguments(parser.add_argument_group("calibration and accuracy (dpu-* and finn-* targets)"))
+    add_dpu_arguments(parser.add_argument_group("the DPU (dpu-* targets; default: the board's)"))
     add_finn_arguments(parser.add_argument_group("FINN (finn-* targets)"))
 
 
