@@ -70,9 +70,9 @@ def board(tmp_path_factory):
     gen = torch.Generator().manual_seed(0)
     clips = [torch.randn(9, 3, 64, 64, generator=gen).numpy() for _ in range(2)]
     frames, collages = StreamingSplit((3, 3), OnnxRuntimeRunner(early), OnnxRuntimeRunner(later)).feeds(clips)
-    early_q = quantize_onnx(early, frames, progress=False).model
+    early_q = quantize_onnx(early, frames).model
     out_fix = io_fix_points(early_q)[1]
-    later_q = quantize_onnx(later, collages, fixed_fix_points={"collage": out_fix}, progress=False).model
+    later_q = quantize_onnx(later, collages, fixed_fix_points={"collage": out_fix}).model
     root = tmp_path_factory.mktemp("board")
     clip = clips[0]
     write_clip_golden(root / "golden", early_q, later_q, clip, (3, 3), meta={"clip": "random clip 0"})

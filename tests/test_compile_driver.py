@@ -202,7 +202,7 @@ def test_compare_fix_points_on_hand_made_files():
 def test_our_quant_info_has_vai_q_layout(graphs):
     """Our quantizer's quant_info.json compared with itself: every entry matches, none differs."""
     early, _ = graphs
-    info = quantize_onnx(early, [{"frame": c[:1]} for c in clips()], progress=False).info
+    info = quantize_onnx(early, [{"frame": c[:1]} for c in clips()]).info
     result = driver.compare_fix_points(info, info)
     points = driver.fix_points(info)
     assert result.matched == len(points) > 10 and result.differences == () and result.only_ours == ()
@@ -212,7 +212,7 @@ def test_our_quant_info_has_vai_q_layout(graphs):
 def test_compile_dir_fix_points_are_compared_per_graph(tmp_path, graphs):
     """After compile.sh, vai_q's quant_info.json and names.json of each graph meet our quant_info.json of that graph."""
     early, later = graphs
-    info = quantize_onnx(early, [{"frame": c[:1]} for c in clips()], progress=False).info
+    info = quantize_onnx(early, [{"frame": c[:1]} for c in clips()]).info
     ours = tmp_path / "quant_info_early.json"
     ours.write_text(json.dumps(info))
     plan = driver.prepare_compile(tmp_path, "dpu-kv260", early, later, clips(1), (2, 2),

@@ -67,6 +67,71 @@ def test_diffs_search_prefers_least_squared_error():
     assert fx.diffs_fix_pos(x, scope=fx.INPUT_SCOPE) == 6
 
 
+def _source_fake_quantize(x: torch.Tensor, pos: int, mode: str) -> torch.Tensor:
+    """vai_q's fake quantization written out as the source does it: floor and fraction, clamp, scale back."""
+    scaled = x * 2.0**pos
+    floor = torch.floor(scaled)
+    frac = scaled - floor
+    if mode == "half_up":
+        q = floor + (frac >= 0.5).to(x.dtype)
+    elif mode == "std_round":
+        trunc = torch.trunc(scaled)
+        q = trunc + torch.sign(scaled) * ((scaled - trunc).abs() >= 0.5).to(x.dtype)
+    else:
+        q = torch.round(scaled)
+    return q.clamp(-128, 127) / 2.0**pos
+
+
+def _values_with_ties() -> torch.Tensor:
+    """Gaussian values plus exact ties at positions 4..8 (k + 0.5 LSB), saturating ones and zeros."""
+    gen = torch.Generator().manual_seed(3)
+    ties = [(torch.randint(-300, 300, (500,), generator=gen) + 0.5) / 2.0**p for p in range(4, 9)]
+    return torch.cat([torch.randn(20000, generator=gen) * 2, *ties, torch.tensor([127.5 / 16, -128.5 / 16, 0.0, 0.49999997])])
+
+
+@pytest.mark.parametrize("mode", fx.ROUNDING_MODES)
+def test_round_float_equals_the_source_rounding_on_ties_and_near_ties(mode):
+    x = _values_with_ties()
+    for pos in range(2, 10):
+        assert torch.equal(fx.fake_quantize(x, pos, mode), _source_fake_quantize(x, pos, mode)), (mode, pos)
+
+
+def test_squared_errors_are_the_sources_float32_sums_bit_for_bit():
+    # The shortcut (half-to-even rounding, error measured at the scaled magnitude) must give the same
+    # float32 sums as sum((x - fake_quantize(x))**2) with vai_q's half-up rounding, so near-ties choose alike.
+    x = _values_with_ties()
+    positions = range(2, 10)
+    source = [torch.sum(torch.pow(x - _source_fake_quantize(x, p, "half_up"), 2.0)).item() for p in positions]
+    assert [fx.squared_error(x, p) for p in positions] == source
+
+
+def _source_diffs_fix_pos(x: torch.Tensor) -> int:
+    """fix_ops.diffs_fix_pos as written: every one of the 5 candidates summed in full."""
+    step = max(x.min().item() / -128.5, x.max().item() / 127.5)
+    start = int(torch.floor(torch.log2(torch.tensor(1.0 / step, dtype=torch.float32))).item())
+    errors = [torch.sum(torch.pow(x - _source_fake_quantize(x, p, "half_up"), 2.0)).item() for p in range(start, start + 5)]
+    return start + errors.index(min(errors))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_diffs_search_chooses_as_the_full_search(seed):
+    # Skipping candidates by their saturation bound must never change the choice: heavy and light tails,
+    # a lone outlier, ReLU-like halves, ties, and values spread so the best position is 0 to 4 above the start.
+    gen = torch.Generator().manual_seed(seed)
+    kind = seed % 5
+    x = torch.randn(50000, generator=gen)
+    if kind == 1:
+        x = x ** 3
+    elif kind == 2:
+        x[0] = 40.0
+    elif kind == 3:
+        x = torch.relu(x) * 7
+    elif kind == 4:
+        x = torch.cat([x * 0.01, _values_with_ties()])
+    x = x * 2.0 ** (seed % 7 - 3)
+    assert fx.diffs_fix_pos(x) == _source_diffs_fix_pos(x)
+
+
 def test_mode_over_batches_takes_the_smallest_most_frequent():
     # calibrate_int: bnfp[1] = scipy.stats.mode(history)[0][0]: the smallest of the most common
     assert fx.modal_fix_pos([5, 6, 6, 5, 7]) == 5

@@ -71,7 +71,7 @@ class Net:
 
 
 def quantize(net: Net, *outputs: str, feeds=None, **kw) -> QuantResult:
-    return quantize_onnx(net.model(*outputs), feeds or net.feeds(2), progress=False, **kw)
+    return quantize_onnx(net.model(*outputs), feeds or net.feeds(2), **kw)
 
 
 def ort_run(model: onnx.ModelProto, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -183,7 +183,7 @@ def test_graph_input_position_uses_no_search_and_activations_take_the_mode():
     # input: scope 1 -> the overflow position floor(log2(127.5 / max)) for each batch: 6, 4, 4 -> mode 4
     # (the search would give 7 for the first batch: test_fixpoint.test_diffs_search_prefers_least_squared_error)
     feeds = [{"x": base}, {"x": base * 4}, {"x": base * 4}]
-    result = quantize_onnx(net.model(y), feeds, progress=False)
+    result = quantize_onnx(net.model(y), feeds)
     history = result.info["onnx"]["calibration"]["history"]
     assert history["x"] == [6, 4, 4]
     assert result.info["output"]["x"] == [[8, 4]]
@@ -196,7 +196,7 @@ def test_shift_cut_above_16_lowers_the_weight_position():
     net = Net([1, 2, 4, 4])
     y = net.conv("x", 2, 1, k=1, pad=0, weight=np.full((1, 2, 1, 1), 1e-4), bias_value=np.array([30.0]))
     feeds = [{"x": np.clip(f["x"], -1, 0.99)} for f in net.feeds(2)]
-    result = quantize_onnx(net.model(y), feeds, progress=False)
+    result = quantize_onnx(net.model(y), feeds)
     info = result.info
     assert info["output"]["x"] == [[8, 7]] and info["output"]["conv3_node"] == [[8, 2]]
     assert info["param"]["w1"] == [[8, 11]]
@@ -218,7 +218,7 @@ def test_fixed_fix_point_pins_the_second_graph_input():
     fp = q1.info["output"]["relu4_node"][0][1]
     feeds = [{mid: v} for v in (ort_run(first.model(mid), f)[mid] for f in first.feeds(2))]
     pinned = fp - 2  # differs from what calibration alone picks
-    q2 = quantize_onnx(second.model(out), feeds, fixed_fix_points={mid: pinned}, progress=False)
+    q2 = quantize_onnx(second.model(out), feeds, fixed_fix_points={mid: pinned})
     assert q2.info["output"][mid] == [[8, pinned]]
     assert q2.info["onnx"]["fixed_fix_points"] == {mid: pinned}
     assert mid not in q2.info["onnx"]["calibration"]["history"]
@@ -244,9 +244,9 @@ def test_unknown_pin_and_bad_feeds_are_user_errors():
     with pytest.raises(UserError, match="'nope', which is not a quantized tensor"):
         quantize(net, y, fixed_fix_points={"nope": 3})
     with pytest.raises(UserError, match="not one feed"):
-        quantize_onnx(net.model(y), net.feeds(1)[0], progress=False)
+        quantize_onnx(net.model(y), net.feeds(1)[0])
     with pytest.raises(UserError, match="no calibration feeds"):
-        quantize_onnx(net.model(y), [], progress=False)
+        quantize_onnx(net.model(y), [])
 
 
 def test_average_pools_become_sum_times_the_dpu_factor():

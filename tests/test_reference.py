@@ -238,5 +238,5 @@ def test_vic_nano_dpu_early_graph_is_bit_exact():
     feeds = [{"frame": gen.standard_normal(deploy.frame_shape()).astype(np.float32)} for _ in range(3)]
     from vidconv_deploy.quant import quantize_onnx
 
-    result = quantize_onnx(early.model, feeds[:2], progress=False)
+    result = quantize_onnx(early.model, feeds[:2])
     assert_bit_exact(result.model, feeds[2:])

@@ -100,7 +100,7 @@ def test_torch_runner_unwraps_brevitas_quant_tensors():
 @pytest.fixture(scope="module")
 def qdq():
     """conv_relu quantized by our quantizer (power-of-two scales, what the integer reference takes)."""
-    return quantize_onnx(conv_relu(), [feed(s) for s in range(4)], progress=False).model
+    return quantize_onnx(conv_relu(), [feed(s) for s in range(4)]).model
 
 
 @pytest.mark.parametrize("rounding", ["onnxruntime", "dpu"])

@@ -49,18 +49,19 @@ PARAM_ROUNDING, ACTIVATION_ROUNDING = "std_round", "half_up"
 def round_float(x: torch.Tensor, mode: str) -> torch.Tensor:
     """Round a float tensor to integral values with one of :data:`ROUNDING_MODES`.
 
-    Written with ``x - floor(x)`` (exact in binary floating point) instead of ``floor(x + 0.5)``, which
-    rounds 0.49999997 up in float32 where C's ``round`` does not.
+    Built on ``torch.round`` (half to even, exact) and a fix of the ties from ``d = x - r``, which is exact
+    (r and x are within 0.5 of each other): ``floor(2 * d)`` is 1 exactly on a tie rounded down and
+    <= 0 elsewhere. This avoids ``floor(x + 0.5)``, which rounds 0.49999997 up in float32 where C's
+    ``round`` does not, and boolean masks, which cost several float passes each in torch.
     """
-    floor = torch.floor(x)
-    frac = x - floor
-    if mode == "half_up":  # ties toward +inf: the source's ceil for negative ties, round() otherwise
-        return floor + (frac >= 0.5).to(x.dtype)
-    if mode == "std_round":  # ties away from zero
-        trunc = torch.trunc(x)
-        return trunc + torch.sign(x) * ((x - trunc).abs() >= 0.5).to(x.dtype)
+    r = torch.round(x)
     if mode == "half_even":
-        return torch.round(x)  # torch.round rounds half to even
+        return r
+    if mode == "half_up":  # ties toward +inf: the source's ceil for negative ties, round() otherwise
+        return r.add_((x - r).mul_(2.0).floor_().clamp_(min=0.0))
+    if mode == "std_round":  # ties away from zero
+        tie = (r - x).abs_() == 0.5
+        return torch.where(tie, x + 0.5 * torch.sign(x), r)
     raise ValueError(f"unknown rounding mode {mode!r}; expected one of {ROUNDING_MODES}")
 
 
@@ -73,30 +74,71 @@ def quantize_int(x: torch.Tensor, fix_pos: int, mode: str) -> torch.Tensor:
 def fake_quantize(x: torch.Tensor, fix_pos: int, mode: str) -> torch.Tensor:
     """``x`` quantized to int8 at ``fix_pos`` and back, in x's dtype (``fake_quantize_per_tensor``)."""
     scale = 2.0**fix_pos
-    return round_float(x * scale, mode).clamp(QMIN, QMAX) * (1.0 / scale)
+    return round_float(x * scale, mode).clamp_(QMIN, QMAX).mul_(1.0 / scale)
 
 
-def diffs_fix_pos(x: torch.Tensor, scope: int = DIFFS_SCOPE, mode: str = ACTIVATION_ROUNDING) -> int:
+#: A candidate is skipped when a lower bound of its error exceeds the best full error by this factor: far
+#: above the relative error of a float32 cascade sum, so a skipped candidate could never have been chosen.
+PRUNE_MARGIN = 1e-3
+#: The saturation bound sums every SATURATION_STRIDE-th value (a subset's error is a lower bound too).
+SATURATION_STRIDE = 8
+
+
+def diffs_fix_pos(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> int:
     """One tensor's fix position by vai_q's "diffs" search (``fix_ops.diffs_fix_pos``), uncapped.
 
     ``step = max(x_min / (-2**(bw-1) - 0.5), x_max / (2**(bw-1) - 0.5))``; the largest position that does
     not overflow is ``floor(log2(1 / step))``; the search then tries ``scope`` positions from there upward
-    and keeps the one with the least sum of squared errors (the first on a tie). Computed in float32 with
-    torch reductions, as the source does, so the choice matches it on near-ties too.
+    and keeps the one with the least sum of squared errors (the first on a tie; :func:`squared_error`).
+
+    Each position up costs saturation error on the largest values, and that part, summed over a subset
+    of the values, is a lower bound of the position's error (:func:`saturation_bound`). A position whose
+    bound exceeds the best error so far (by :data:`PRUNE_MARGIN`) is not summed in full; the bound grows
+    with the position, so the search stops there. The choice is the full search's.
     """
     x = x.detach().to(torch.float32)
     abs_max = 1 << (BIT_WIDTH - 1)
-    step = torch.max(x.min() / (-abs_max - 0.5), x.max() / (abs_max - 0.5))
+    low, high = x.min(), x.max()
+    step = torch.max(low / (-abs_max - 0.5), high / (abs_max - 0.5))
     if not step.item() > 0.0:  # the source compares with sys.float_info.min, below every float32 > 0
         return ZERO_TENSOR_FIX_POS
-    best = int(torch.floor(torch.log2(1.0 / step)).item())
-    if scope > 1:
-        start, best_diff = best, math.inf
-        for pos in range(start, start + scope):
-            diff = torch.sum(torch.pow(x - fake_quantize(x, pos, mode), 2.0)).item()
-            if diff < best_diff:
-                best, best_diff = pos, diff
+    start = int(torch.floor(torch.log2(1.0 / step)).item())
+    if scope == 1:
+        return start
+    peak = max(-low.item(), high.item())
+    best, best_error = start, squared_error(x, start)
+    for pos in range(start + 1, start + scope):
+        if saturation_bound(x, peak, pos) > best_error * (1 + PRUNE_MARGIN):
+            break
+        error = squared_error(x, pos)
+        if error < best_error:
+            best, best_error = pos, error
     return best
+
+
+def squared_error(x: torch.Tensor, pos: int) -> float:
+    """``sum((x - fake_quantize(x, pos))**2)`` as the source computes it in float32 (one torch.sum).
+
+    Two exact shortcuts make it cheaper without changing the float32 sum. The error does not depend on
+    the rounding mode: the modes differ only on ties, where ``|x - q|`` is half an LSB either way (with or
+    without saturation), so half-to-even ``torch.round`` serves every mode. And with ``t = x * 2**pos``
+    (exact), ``x - q = (t - clamp(round(t))) * 2**-pos`` exactly, so each squared term and every partial sum
+    of the reduction is the source's times ``2**(2 * pos)``, exactly, and scales back exactly.
+    """
+    t = x * 2.0**pos
+    err = t.sub_(torch.round(t).clamp_(QMIN, QMAX))
+    return torch.sum(err.mul_(err)).item() * 4.0**-pos
+
+
+def saturation_bound(x: torch.Tensor, peak: float, pos: int) -> float:
+    """A lower bound of :func:`squared_error` at ``pos`` from saturation alone: every value beyond 128 LSB
+    is at least ``|t| - 128`` LSB from its code, so the sum of those excesses over a strided subset of the
+    values (in float64), or over the peak value alone, cannot exceed the full error."""
+    t = x.reshape(-1)[::SATURATION_STRIDE].to(torch.float64).abs_().mul_(2.0**pos)
+    over = t.sub_(-QMIN).clamp_(min=0.0)
+    subset = float(torch.sum(over.mul_(over)))
+    single = max(peak * 2.0**pos + QMIN, 0.0) ** 2
+    return max(subset, single) * 4.0**-pos
 
 
 def capped(fix_pos: int) -> int:
@@ -107,7 +149,11 @@ def capped(fix_pos: int) -> int:
 def modal_fix_pos(history: Iterable[int]) -> int:
     """The activation position over calibration batches: calibrate_int takes ``scipy.stats.mode`` of the
     per-batch positions, which returns the smallest of the most frequent values."""
-    counts = Counter(history)
+    return modal_of_counts(Counter(history))
+
+
+def modal_of_counts(counts: Counter[int]) -> int:
+    """:func:`modal_fix_pos` of a history given as position counts (kept up to date batch by batch)."""
     if not counts:
         raise ValueError("no calibration history")
     top = max(counts.values())

@@ -15,20 +15,25 @@ This module runs that pass on an ONNX graph with float32 torch kernels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.fixpoint import arithmetic as fixpoint
 from vidconv_deploy.fixpoint import kernels as K
+from vidconv_deploy.parallel import CorePool, chunks, core_pool
+from vidconv_deploy.progress import Subtask, no_subtask
 from vidconv_deploy.quant.graph import CONST_OP, INPUT_OP, GraphPlan, Node
+
+#: Feeds run node by node together: enough to keep every core busy, few enough that the live tensors of
+#: all of them stay small (a ViC-T 224 frame holds about 30 MB of live activations).
+CHUNK_FEEDS = 8
 
 #: vai_q forces LeakyReLU's negative slope to 26/256 (``leaky_relu.py``, option nndct_leaky_relu_approximate
 #: default True in ``VAI/nndct_shared/utils/option_list.py``).
@@ -98,29 +103,43 @@ def avgpool_window(node: Node) -> K.Window:
 
 
 class FloatPass:
-    """Float32 execution of a :class:`GraphPlan` with vai_q's op arithmetic and a hook at each quant point."""
+    """Float32 execution of a :class:`GraphPlan` with vai_q's op arithmetic and a hook at each quant point.
 
-    def __init__(self, plan: GraphPlan, params: Mapping[str, torch.Tensor]) -> None:
+    It runs a chunk of feeds node by node (all feeds through one node before the next), each feed's op on
+    a :class:`CorePool` worker. That order is equivalent to running the feeds one after another: a quant
+    point's history for feed i depends only on feeds <= i at that point, which the hook sees in feed order.
+    Every feed is computed alone (batch 1, one torch thread), as a one-at-a-time run computes it.
+    """
+
+    def __init__(self, plan: GraphPlan, params: Mapping[str, torch.Tensor], pool: CorePool) -> None:
         self.plan = plan
         self.params = params
+        self.pool = pool
+        #: tensor -> index of the last node reading it: its values are dropped after that node.
+        self.last_use = {t: i for i, node in enumerate(plan.nodes) for t in node.inputs}
 
-    def run(self, feeds: Mapping[str, np.ndarray], hook) -> dict[str, torch.Tensor]:
-        """Execute; after each node whose name is a quant key, ``hook(point, tensor)`` replaces its output."""
+    def run(self, feeds: Sequence[Mapping[str, np.ndarray]], hook) -> None:
+        """Execute on ``feeds``; after each node whose name is a quant key, ``hook(point, tensors)`` gets that
+        tensor of every feed (in feed order) and returns what the later nodes read instead."""
         plan, values = self.plan, {}
-        for node in plan.nodes:
+        for index, node in enumerate(plan.nodes):
             if node.op == INPUT_OP:
-                if node.name not in feeds:
+                if any(node.name not in feed for feed in feeds):
                     raise UserError(f"calibration feed lacks graph input {node.name!r}; give every input in each feed")
-                outs = [torch.as_tensor(np.asarray(feeds[node.name], dtype=np.float32))]
+                outs = [[torch.as_tensor(np.asarray(feed[node.name], dtype=np.float32)) for feed in feeds]]
             elif node.op == CONST_OP:
-                outs = [torch.as_tensor(plan.initializers[node.name].astype(np.float32))]
+                outs = [[torch.as_tensor(plan.initializers[node.name].astype(np.float32))] * len(feeds)]
             else:
-                outs = self._kernel(node, [values[t] for t in node.inputs])
+                args = [values[t] for t in node.inputs]
+                per_feed = self.pool.map(lambda i: self._kernel(node, [a[i] for a in args]), range(len(feeds)))
+                outs = [list(out) for out in zip(*per_feed, strict=True)]
             values.update(zip(node.outputs, outs, strict=True))
             point = plan.points.get(node.name)
             if point is not None:
                 values[point.tensor] = hook(point, values[point.tensor])
-        return values
+            for tensor in set(node.inputs):
+                if self.last_use[tensor] == index:
+                    del values[tensor]
 
     def _param(self, name: str | None) -> torch.Tensor | None:
         return None if name is None else self.params[name]
@@ -221,7 +240,7 @@ def quantize_params(plan: GraphPlan, fixed: Mapping[str, int]) -> tuple[dict[str
         value = torch.as_tensor(plan.initializers[name].astype(np.float32))
         pos = fixed.get(name)
         if pos is None:
-            pos = fixpoint.capped(fixpoint.diffs_fix_pos(value, fixpoint.DIFFS_SCOPE, fixpoint.PARAM_ROUNDING))
+            pos = fixpoint.capped(fixpoint.diffs_fix_pos(value, fixpoint.DIFFS_SCOPE))
         positions[name] = pos
         tensors[name] = fixpoint.fake_quantize(value, pos, fixpoint.PARAM_ROUNDING)
     return positions, tensors
@@ -233,7 +252,7 @@ def calibrate(
     *,
     fixed: Mapping[str, int] | None = None,
     method: str = "diffs",
-    progress: bool = True,
+    progress: Subtask = no_subtask,
 ) -> Calibration:
     """Run vai_q's calibration pass over ``feeds``; ``fixed`` maps quant keys or parameter names to positions.
 
@@ -248,26 +267,30 @@ def calibrate(
     with K.single_threaded():
         param_pos, qparams = quantize_params(plan, fixed)
     history: dict[str, list[int]] = {key: [] for key in plan.points if key not in fixed}
+    counts: dict[str, Counter[int]] = {key: Counter() for key in history}
     current: dict[str, int] = {key: fixed[key] for key in plan.points if key in fixed}
 
-    def hook(point, x: torch.Tensor) -> torch.Tensor:
-        if point.key not in fixed:
+    def hook(point, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if point.key in fixed:
+            positions = [fixed[point.key]] * len(xs)
+        else:
             scope = point.scope if method == "diffs" else 1
-            history[point.key].append(fixpoint.capped(fixpoint.diffs_fix_pos(x, scope, fixpoint.ACTIVATION_ROUNDING)))
-            current[point.key] = fixpoint.modal_fix_pos(history[point.key])
-        return fixpoint.fake_quantize(x, current[point.key], fixpoint.ACTIVATION_ROUNDING)
+            positions = []
+            for found in pool.map(lambda x: fixpoint.capped(fixpoint.diffs_fix_pos(x, scope)), xs):
+                history[point.key].append(found)
+                counts[point.key][found] += 1
+                positions.append(fixpoint.modal_of_counts(counts[point.key]))
+            current[point.key] = positions[-1]
+        return pool.map(lambda xp: fixpoint.fake_quantize(xp[0], xp[1], fixpoint.ACTIVATION_ROUNDING), zip(xs, positions))
 
-    runner = FloatPass(plan, qparams)
     batches = 0
-    columns = (TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     total = len(feeds) if hasattr(feeds, "__len__") else None
-    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
-        task = bar.add_task("calibrating", total=total)
-        with torch.no_grad(), K.single_threaded():
-            for feed in feeds:
-                runner.run(feed, hook)
-                batches += 1
-                bar.advance(task)
+    with progress("calibrating", total) as advance, torch.no_grad(), core_pool() as pool:
+        runner = FloatPass(plan, qparams, pool)
+        for chunk in chunks(feeds, CHUNK_FEEDS):
+            runner.run(chunk, hook)
+            batches += len(chunk)
+            advance(len(chunk))
     if batches == 0:
         raise UserError("no calibration feeds; give at least one batch of inputs")
     return Calibration(dict(current), param_pos, history, batches)

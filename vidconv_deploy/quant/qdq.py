@@ -43,6 +43,7 @@ from vidconv_deploy.errors import UserError
 from vidconv_deploy.fixpoint import arithmetic as fixpoint
 from vidconv_deploy.fixpoint.kernels import single_threaded
 from vidconv_deploy.fixpoint.qdq_metadata import TENSOR_MAP_KEY
+from vidconv_deploy.progress import Subtask, no_subtask
 from vidconv_deploy.quant.calibrate import (
     DPU_HSIGMOID_SCALE,
     DPU_LEAKY_SLOPE,
@@ -289,7 +290,7 @@ def quantize_onnx(
     *,
     fixed_fix_points: dict[str, int] | None = None,
     method: str = "diffs",
-    progress: bool = True,
+    progress: Subtask = no_subtask,
 ) -> QuantResult:
     """Quantize ``float_model`` with vai_q_pytorch's DPU arithmetic; return the QDQ model and quant_info.
 

@@ -21,6 +21,7 @@ import onnx
 
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.bundle import Bundle
+from vidconv_deploy.progress import Subtask, no_subtask
 from vidconv_deploy.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class StepRun:
 
     graph: str | None
     record: dict[str, Any]
+    #: Rows for the step's own long loops (calibration) under the export bar.
+    subtask: Subtask = no_subtask
 
     def not_run(self, reason: str, **facts: Any) -> None:
         """Mark this step as not run here (a tool is missing), with why and what to run instead."""

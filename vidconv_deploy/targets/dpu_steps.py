@@ -85,9 +85,9 @@ def register_loaders(ctx: ExportContext) -> None:
 def step_quantize(ctx: ExportContext, run: StepRun) -> None:
     graphs = ctx.value("graphs")
     frames, collages = ctx.value("feeds")
-    early_q = quantize_onnx(graphs["early"], frames, progress=False)
+    early_q = quantize_onnx(graphs["early"], frames, progress=run.subtask)
     _, early_out_fp = io_fix_points(early_q.model)
-    later_q = quantize_onnx(graphs["later"], collages, progress=False,
+    later_q = quantize_onnx(graphs["later"], collages, progress=run.subtask,
                             fixed_fix_points={graphs["later"].graph.input[0].name: early_out_fp})
     quant = ctx.set("quant", {"early": early_q, "later": later_q})
     for name, q in quant.items():

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ContextManager
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.progress import progress_bar
+from vidconv_deploy.progress import progress_bar, subtasks
 from vidconv_deploy.runners import GRAPHS
 from vidconv_deploy.targets.context import ExportContext, StepRun, StopPipeline
 
@@ -99,7 +99,7 @@ def run_steps(ctx: ExportContext, steps: Sequence[Step], start_from: str | None 
             start = time.perf_counter()
             try:
                 with observe(record):
-                    s.run(ctx, StepRun(graph, record))
+                    s.run(ctx, StepRun(graph, record, subtasks(progress)))
             except StopPipeline as stop:
                 record.update(status="failed", reason=stop.reason)
                 stopped = stop.reason
