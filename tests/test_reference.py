@@ -15,6 +15,7 @@ from test_quantizer import Net, every_op_net, ort_run, quantize
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.reference import (
     compare_with_onnxruntime,
+    integer_checks,
     layer_report,
     rounding_differences,
     run_reference,
@@ -224,6 +225,22 @@ def test_layer_report_against_float_and_png(tmp_path):
     path = tmp_path / "sqnr.png"
     save_sqnr_plot(stats, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_integer_checks_in_one_pass_equal_the_three_checks():
+    # One pass (two reference runs per feed, feeds on the core pool) must report what the three
+    # separate checks report, row for row: the tie model gives a DPU rounding difference to carry.
+    net, y = every_op_net()
+    model = net.model(y)
+    result = quantize(net, y, feeds=net.feeds(4))
+    feeds = net.feeds(3, seed=5)
+    checks = integer_checks(model, result.model, feeds)
+    assert checks.exact.to_dict() == compare_with_onnxruntime(result.model, feeds).to_dict()
+    assert checks.dpu_rounding.to_dict() == rounding_differences(result.model, feeds).to_dict()
+    assert checks.layers == layer_report(model, result.model, feeds)
+    ties = tie_model()
+    tie_checks = integer_checks(ties, ties, TIES)
+    assert tie_checks.dpu_rounding.rows and tie_checks.dpu_rounding.to_dict() == rounding_differences(ties, TIES).to_dict()
 
 
 def test_vic_nano_dpu_early_graph_is_bit_exact():

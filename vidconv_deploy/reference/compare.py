@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 from rich.table import Table
 
 from vidconv_deploy.fixpoint.qdq_metadata import TENSOR_MAP_KEY
+from vidconv_deploy.parallel import chunks, core_pool
 from vidconv_deploy.plots import save_layer_bars
 from vidconv_deploy.reference.executor import Executor, ReferenceRun
 
@@ -104,31 +105,61 @@ class ComparisonReport:
         return table
 
 
+class _OnnxRuntimeCheck:
+    """Accumulates :func:`compare_with_onnxruntime` feed by feed (the ORT session opens on the first run)."""
+
+    def __init__(self, qdq_model: onnx.ModelProto) -> None:
+        self.model = qdq_model
+        self.report = ComparisonReport("integer reference vs ONNX Runtime fake-quant")
+        self.session: ort.InferenceSession | None = None
+        self.names: list[str] = []
+        self.rows: dict[str, TensorDiff] = {}
+
+    def add(self, feed: Mapping[str, np.ndarray], ref: ReferenceRun) -> None:
+        if self.session is None:
+            self.session, self.names = _session(self.model, {q: TensorProto.INT8 for q in ref.quantize_outputs.values()})
+        got = _run(self.session, self.names, feed)
+        for key, t in ref.tensors.items():
+            row = self.rows.setdefault(key, TensorDiff(key, t.fix_point))
+            row.add(t.values, got[ref.quantize_outputs[key]])
+            if not t.float32_exact:
+                row.float32_exact, row.note = False, t.note
+        outputs = self.report.outputs_max_abs_diff
+        for name, value in ref.outputs.items():
+            d = float(np.max(np.abs(value.astype(np.float64) - got[name].astype(np.float64)))) if value.size else 0.0
+            outputs[name] = max(outputs.get(name, 0.0), d)
+
+    def result(self) -> ComparisonReport:
+        self.report.rows = list(self.rows.values())
+        return self.report
+
+
+class _RoundingCheck:
+    """Accumulates :func:`rounding_differences` from each feed's two runs."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, TensorDiff] = {}
+
+    def add(self, ort_run: ReferenceRun, dpu_run: ReferenceRun) -> None:
+        for key, t in ort_run.tensors.items():
+            self.rows.setdefault(key, TensorDiff(key, t.fix_point)).add(t.values, dpu_run.tensors[key].values)
+
+    def result(self) -> ComparisonReport:
+        report = ComparisonReport("DPU rounding (half up) vs ONNX Runtime rounding (half to even)")
+        report.rows = [r for r in self.rows.values() if r.differing]
+        return report
+
+
 def compare_with_onnxruntime(qdq_model: onnx.ModelProto, feeds: Feeds) -> ComparisonReport:
     """The integer reference (ORT rounding) against ONNX Runtime's fake-quant run, tensor by tensor.
 
     ``feeds`` is one feed (input name -> array) or an iterable of feeds. Bit-exact is expected wherever
     ``float32_exact`` holds; elsewhere the row says ORT's float32 arithmetic is not exact.
     """
-    executor = Executor(qdq_model)
-    report = ComparisonReport("integer reference vs ONNX Runtime fake-quant")
-    session, names = None, []
-    rows: dict[str, TensorDiff] = {}
+    executor, check = Executor(qdq_model), _OnnxRuntimeCheck(qdq_model)
     for feed in _feed_list(feeds):
-        ref = executor.run(feed, "onnxruntime")
-        if session is None:
-            session, names = _session(qdq_model, {q: TensorProto.INT8 for q in ref.quantize_outputs.values()})
-        got = _run(session, names, feed)
-        for key, t in ref.tensors.items():
-            row = rows.setdefault(key, TensorDiff(key, t.fix_point))
-            row.add(t.values, got[ref.quantize_outputs[key]])
-            if not t.float32_exact:
-                row.float32_exact, row.note = False, t.note
-        for name, value in ref.outputs.items():
-            d = float(np.max(np.abs(value.astype(np.float64) - got[name].astype(np.float64)))) if value.size else 0.0
-            report.outputs_max_abs_diff[name] = max(report.outputs_max_abs_diff.get(name, 0.0), d)
-    report.rows = list(rows.values())
-    return report
+        check.add(feed, executor.run(feed, "onnxruntime"))
+    return check.result()
 
 
 def rounding_differences(qdq_model: onnx.ModelProto, feeds: Feeds) -> ComparisonReport:
@@ -136,15 +167,10 @@ def rounding_differences(qdq_model: onnx.ModelProto, feeds: Feeds) -> Comparison
 
     Only tensors that differ are listed; a tie rounded differently early also shows in the tensors after it.
     """
-    executor = Executor(qdq_model)
-    report = ComparisonReport("DPU rounding (half up) vs ONNX Runtime rounding (half to even)")
-    rows: dict[str, TensorDiff] = {}
+    executor, check = Executor(qdq_model), _RoundingCheck()
     for feed in _feed_list(feeds):
-        ort_run, dpu_run = executor.run(feed, "onnxruntime"), executor.run(feed, "dpu")
-        for key, t in ort_run.tensors.items():
-            rows.setdefault(key, TensorDiff(key, t.fix_point)).add(t.values, dpu_run.tensors[key].values)
-    report.rows = [r for r in rows.values() if r.differing]
-    return report
+        check.add(executor.run(feed, "onnxruntime"), executor.run(feed, "dpu"))
+    return check.result()
 
 
 # ---- INT8 vs float ---------------------------------------------------------------------------------
@@ -171,6 +197,49 @@ def tensor_map(qdq_model: onnx.ModelProto) -> dict[str, str]:
     return {}
 
 
+class _LayerCheck:
+    """Accumulates :func:`layer_report` feed by feed: float tensors from ONNX Runtime, quantized ones given."""
+
+    def __init__(self, float_model: onnx.ModelProto, qdq_model: onnx.ModelProto) -> None:
+        self.float_model = float_model
+        self.names = tensor_map(qdq_model)
+        self.float_names = {n for node in float_model.graph.node for n in node.output} | {i.name for i in float_model.graph.input}
+        self.acc: dict[str, dict[str, float]] = {}
+        self.order: list[str] = []
+        self.pairs: dict[str, str] = {}
+        self.session: ort.InferenceSession | None = None
+        self.outs: list[str] = []
+
+    def add(self, feed: Mapping[str, np.ndarray], ref: ReferenceRun) -> None:
+        if self.session is None:
+            self.pairs = {k: self.names.get(k, k) for k in ref.tensors if self.names.get(k, k) in self.float_names}
+            self.session, self.outs = _session(self.float_model, {f: TensorProto.FLOAT for f in self.pairs.values()})
+            self.order = list(self.pairs)
+        got = _run(self.session, self.outs, feed)
+        for key in self.order:
+            t = ref.tensors[key]
+            f = got[self.pairs[key]].astype(np.float64).reshape(-1)
+            q = t.dequantized().astype(np.float64).reshape(-1)
+            a = self.acc.setdefault(key, {"signal": 0.0, "noise": 0.0, "dot": 0.0, "qq": 0.0, "n": 0, "lsb": 0.0, "fp": t.fix_point})
+            err = q - f
+            a["signal"] += float(f @ f)
+            a["noise"] += float(err @ err)
+            a["dot"] += float(q @ f)
+            a["qq"] += float(q @ q)
+            a["n"] += f.size
+            a["lsb"] = max(a["lsb"], float(np.max(np.abs(err))) * 2.0 ** t.fix_point if f.size else 0.0)
+
+    def result(self) -> list[LayerStats]:
+        stats = []
+        for key in self.order:
+            a = self.acc[key]
+            sqnr = math.inf if a["noise"] == 0 else (10 * math.log10(a["signal"] / a["noise"]) if a["signal"] > 0 else -math.inf)
+            denom = math.sqrt(a["signal"] * a["qq"])
+            cosine = a["dot"] / denom if denom > 0 else (1.0 if a["signal"] == a["qq"] == 0 else 0.0)
+            stats.append(LayerStats(key, self.names.get(key, key), int(a["fp"]), int(a["n"]), sqnr, cosine, a["lsb"]))
+        return stats
+
+
 def layer_report(
     float_model: onnx.ModelProto,
     qdq_model: onnx.ModelProto,
@@ -183,39 +252,35 @@ def layer_report(
     The float tensors come from ONNX Runtime on ``float_model``; the quantized ones from the integer
     reference with ``rounding`` (the DPU's by default: what the board computes). Statistics pool all feeds.
     """
-    names = tensor_map(qdq_model)
-    executor = Executor(qdq_model)
-    float_names = {n for node in float_model.graph.node for n in node.output} | {i.name for i in float_model.graph.input}
-    acc: dict[str, dict[str, float]] = {}
-    order: list[str] = []
-    session, outs = None, []
+    executor, check = Executor(qdq_model), _LayerCheck(float_model, qdq_model)
     for feed in _feed_list(feeds_list):
-        ref: ReferenceRun = executor.run(feed, rounding)
-        pairs = {k: names.get(k, k) for k in ref.tensors if names.get(k, k) in float_names}
-        if session is None:
-            session, outs = _session(float_model, {f: TensorProto.FLOAT for f in pairs.values()})
-            order = list(pairs)
-        got = _run(session, outs, feed)
-        for key in order:
-            t = ref.tensors[key]
-            f = got[pairs[key]].astype(np.float64).reshape(-1)
-            q = t.dequantized().astype(np.float64).reshape(-1)
-            a = acc.setdefault(key, {"signal": 0.0, "noise": 0.0, "dot": 0.0, "qq": 0.0, "n": 0, "lsb": 0.0, "fp": t.fix_point})
-            err = q - f
-            a["signal"] += float(f @ f)
-            a["noise"] += float(err @ err)
-            a["dot"] += float(q @ f)
-            a["qq"] += float(q @ q)
-            a["n"] += f.size
-            a["lsb"] = max(a["lsb"], float(np.max(np.abs(err))) * 2.0 ** t.fix_point if f.size else 0.0)
-    stats = []
-    for key in order:
-        a = acc[key]
-        sqnr = math.inf if a["noise"] == 0 else (10 * math.log10(a["signal"] / a["noise"]) if a["signal"] > 0 else -math.inf)
-        denom = math.sqrt(a["signal"] * a["qq"])
-        cosine = a["dot"] / denom if denom > 0 else (1.0 if a["signal"] == a["qq"] == 0 else 0.0)
-        stats.append(LayerStats(key, names.get(key, key), int(a["fp"]), int(a["n"]), sqnr, cosine, a["lsb"]))
-    return stats
+        check.add(feed, executor.run(feed, rounding))
+    return check.result()
+
+
+@dataclass
+class IntegerChecks:
+    """The three checks of an INT8 graph that the DPU export reports (see :func:`integer_checks`)."""
+
+    exact: ComparisonReport
+    dpu_rounding: ComparisonReport
+    layers: list[LayerStats]
+
+
+def integer_checks(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: Feeds) -> IntegerChecks:
+    """:func:`compare_with_onnxruntime`, :func:`rounding_differences` and :func:`layer_report` (DPU rounding)
+    in one pass: each feed runs through the integer reference once per rounding, not four times, the feeds
+    of a chunk at once on the core pool (ONNX Runtime's runs stay on this thread, with its own threads)."""
+    executor = Executor(qdq_model)
+    exact, rounding, layers = _OnnxRuntimeCheck(qdq_model), _RoundingCheck(), _LayerCheck(float_model, qdq_model)
+    with core_pool() as pool:
+        for chunk in chunks(_feed_list(feeds), pool.workers):
+            runs = pool.map(lambda feed: (executor.run(feed, "onnxruntime"), executor.run(feed, "dpu")), chunk)
+            for feed, (ort_run, dpu_run) in zip(chunk, runs, strict=True):
+                exact.add(feed, ort_run)
+                rounding.add(ort_run, dpu_run)
+                layers.add(feed, dpu_run)
+    return IntegerChecks(exact.result(), rounding.result(), layers.result())
 
 
 def layer_table(stats: Sequence[LayerStats]) -> Table:

@@ -25,6 +25,7 @@ or above 2**24 LSB, or an elementwise result float32 cannot hold): those tensors
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -238,7 +239,7 @@ class Executor:
         # fold what depends on constants only (weight DequantizeLinears), once
         self.constants: dict[str, Fx | Codes] = {}
         self.nodes: list[onnx.NodeProto] = []
-        self.mode = "half_even"
+        self._local = threading.local()  # the rounding of the run in progress, per thread (runs may overlap)
         for n in graph.node:
             names = [t for i, t in enumerate(n.input) if t and self._is_value_input(n, i)]
             if n.op_type != "QuantizeLinear" and all(t in self.inits or t in self.constants for t in names):
@@ -288,10 +289,16 @@ class Executor:
             raise UserError(f"node {_label(proto)} ({proto.op_type}) computes on a float graph input; quantize graph inputs first")
         return args
 
+    @property
+    def mode(self) -> str:
+        """The rounding mode of this thread's run (:data:`ROUNDINGS`)."""
+        return self._local.mode
+
     def run(self, feeds: Mapping[str, np.ndarray], rounding: str = "onnxruntime") -> ReferenceRun:
+        """One feed through the graph; several threads may run the same executor at once."""
         if rounding not in ROUNDINGS:
             raise UserError(f"unknown rounding {rounding!r}; use one of {sorted(ROUNDINGS)}")
-        self.mode = ROUNDINGS[rounding]
+        self._local.mode = ROUNDINGS[rounding]
         values: dict[str, object] = {}
         for name in self.inputs:
             if name not in feeds:

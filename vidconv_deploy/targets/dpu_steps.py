@@ -27,7 +27,7 @@ from vidconv_deploy.dpu.perf_model import save_layer_chart, streaming_performanc
 from vidconv_deploy.dpu.throughput import peak_throughput
 from vidconv_deploy.quant import quantize_onnx, write_quant_info
 from vidconv_deploy.quant.qdq import QuantResult
-from vidconv_deploy.reference import compare_with_onnxruntime, layer_report, rounding_differences, save_sqnr_plot
+from vidconv_deploy.reference import integer_checks, layer_report, save_sqnr_plot
 from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun
 from vidconv_deploy.targets.steps import step
@@ -103,18 +103,19 @@ def step_quantize(ctx: ExportContext, run: StepRun) -> None:
 @step("integer_reference", "integer reference")
 def step_integer_reference(ctx: ExportContext, run: StepRun) -> None:
     """The verdict ``bit_exact``: the integer reference equals ONNX Runtime's fake-quant run on every tensor."""
-    quant, feeds = ctx.value("quant"), ctx.value("check_feeds")
+    graphs, quant, feeds = ctx.value("graphs"), ctx.value("quant"), ctx.value("check_feeds")
     reference: dict[str, Any] = {}
+    layers: dict[str, Any] = {}
     for name in GRAPHS:
-        exact = compare_with_onnxruntime(quant[name].model, feeds[name])
-        dpu = rounding_differences(quant[name].model, feeds[name])
+        checks = integer_checks(graphs[name], quant[name].model, feeds[name])
         reference[name] = {
-            "bit_exact_vs_onnxruntime": exact.bit_exact,
-            "tensors_compared": len(exact.rows),
-            "not_exact_in_float32": [r.tensor for r in exact.not_exact_in_float32],
-            "dpu_rounding_differs": [dataclasses.asdict(r) for r in dpu.rows],
+            "bit_exact_vs_onnxruntime": checks.exact.bit_exact,
+            "tensors_compared": len(checks.exact.rows),
+            "not_exact_in_float32": [r.tensor for r in checks.exact.not_exact_in_float32],
+            "dpu_rounding_differs": [dataclasses.asdict(r) for r in checks.dpu_rounding.rows],
         }
-    layers = ctx.set("layers", _layers(ctx))
+        layers[name] = checks.layers
+    ctx.set("layers", layers)
     ctx.fields["reference"] = ctx.set("reference", reference)
     run.record.update({n: {"bit_exact": r["bit_exact_vs_onnxruntime"]} for n, r in reference.items()})
     inexact = [g for g, r in reference.items() if not r["bit_exact_vs_onnxruntime"]]
