@@ -16,3 +16,14 @@ def tiny_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     generate(out, SyntheticSpec(seed=5, train=20, val=4, test=6, size=48, min_frames=20, max_frames=28))
     return out
+
+
+@pytest.fixture(scope="session")
+def dpu_bundle(tmp_path_factory, tiny_dataset) -> Path:
+    """A small dpu-kv260 bundle of vic-nano-dpu (32x32, 10 classes, 2 calibration clips), shared read-only."""
+    from vidconv_deploy.cli.export import main as export_main
+
+    out = tmp_path_factory.mktemp("dpu-bundle")
+    assert export_main(["--target", "dpu-kv260", "--arch", "vic-nano-dpu", "--classes", "10", "--image-size", "32",
+                        "--calib-clips", "2", "--calib", str(tiny_dataset), "--out", str(out)]) == 0
+    return out / "vic-nano-dpu-dpu-kv260"

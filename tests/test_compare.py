@@ -19,7 +19,6 @@ import onnx
 import pytest
 
 from vidconv_deploy.cli.compare import main as compare_main
-from vidconv_deploy.cli.export import main as export_main
 from vidconv_deploy.dpu.dump_compare import TieRecorder, compare_dump, diagnose, load_bundle, octaves, rescale
 from vidconv_deploy.dpu.dump_reader import read_dump_dir, remove_xfix
 from vidconv_deploy.dpu.golden import GoldenTensor, clip_golden, read_golden, to_layout
@@ -34,11 +33,9 @@ LATER_DOWN4 = "later//down4/down4.0/Conv_output_0"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, tiny_dataset) -> Path:
-    out = tmp_path_factory.mktemp("dpu")
-    assert export_main(["--target", "dpu-kv260", "--arch", "vic-nano-dpu", "--classes", "10", "--image-size", "32",
-                        "--calib-clips", "2", "--calib", str(tiny_dataset), "--out", str(out)]) == 0
-    return out / "vic-nano-dpu-dpu-kv260"
+def bundle(dpu_bundle) -> Path:
+    """The shared small DPU bundle (conftest)."""
+    return dpu_bundle
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,6 @@ from vidconv_deploy.stream import Int8Buffer, open_backend
 FRAMES = 15  # 9-frame windows at stride 3: windows end at frames 8, 11 and 14
 
 
-@pytest.fixture(scope="module")
-def dpu_bundle(tmp_path_factory, tiny_dataset) -> Path:
-    out = tmp_path_factory.mktemp("stream")
-    assert export_main(["--target", "dpu-kv260", "--arch", "vic-nano-dpu", "--classes", "10", "--image-size", "32",
-                        "--calib-clips", "2", "--calib", str(tiny_dataset), "--out", str(out)]) == 0
-    return out / "vic-nano-dpu-dpu-kv260"
-
-
 def frames(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((FRAMES, 3, 32, 32)).astype(np.float32)
 

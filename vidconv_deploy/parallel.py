@@ -46,13 +46,19 @@ class CorePool:
             self._executor.shutdown()
 
 
+#: Below this many elements per item and op, handing work to another thread costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
 @contextmanager
-def core_pool(workers: int | None = None) -> Iterator[CorePool]:
-    """A :class:`CorePool` over every usable core (or ``workers``), with this thread's torch single-threaded
+def core_pool(elements: int | None = None) -> Iterator[CorePool]:
+    """A :class:`CorePool` over every usable core, or one worker (this thread) when the items' largest
+    tensor has fewer than :data:`PARALLEL_MIN_ELEMENTS` elements; this thread's torch is single-threaded
     inside the block (restored after)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    pool = CorePool(usable_cores() if workers is None else workers)
+    small = elements is not None and elements < PARALLEL_MIN_ELEMENTS
+    pool = CorePool(1 if small else usable_cores())
     try:
         yield pool
     finally:

@@ -285,7 +285,7 @@ def calibrate(
 
     batches = 0
     total = len(feeds) if hasattr(feeds, "__len__") else None
-    with progress("calibrating", total) as advance, torch.no_grad(), core_pool() as pool:
+    with progress("calibrating", total) as advance, torch.no_grad(), core_pool(plan.largest_tensor()) as pool:
         runner = FloatPass(plan, qparams, pool)
         for chunk in chunks(feeds, CHUNK_FEEDS):
             runner.run(chunk, hook)

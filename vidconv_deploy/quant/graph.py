@@ -25,6 +25,7 @@ tile) is *not* a "concat input", and a graph output counts as a use.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,6 +114,10 @@ class GraphPlan:
 
     def __post_init__(self) -> None:
         self.by_name = {n.name: n for n in self.nodes}
+
+    def largest_tensor(self) -> int:
+        """Elements of the largest tensor whose shape is known (sizes the work of one feed)."""
+        return max((math.prod(shape) for shape in self.shapes.values()), default=0)
 
     def parents(self, node: Node) -> list[Node]:
         return [self.producer[t] for t in node.inputs]

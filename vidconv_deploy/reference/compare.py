@@ -273,8 +273,9 @@ def integer_checks(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, fee
     of a chunk at once on the core pool (ONNX Runtime's runs stay on this thread, with its own threads)."""
     executor = Executor(qdq_model)
     exact, rounding, layers = _OnnxRuntimeCheck(qdq_model), _RoundingCheck(), _LayerCheck(float_model, qdq_model)
-    with core_pool() as pool:
-        for chunk in chunks(_feed_list(feeds), pool.workers):
+    feeds = _feed_list(feeds)
+    with core_pool(max((np.asarray(v).size for f in feeds[:1] for v in f.values()), default=0)) as pool:
+        for chunk in chunks(feeds, pool.workers):
             runs = pool.map(lambda feed: (executor.run(feed, "onnxruntime"), executor.run(feed, "dpu")), chunk)
             for feed, (ort_run, dpu_run) in zip(chunk, runs, strict=True):
                 exact.add(feed, ort_run)
