@@ -50,7 +50,8 @@ def files(tmp_path_factory, tiny_dataset) -> dict[str, str]:
     (root / "random.bin").write_bytes(os.urandom(2048))
     (root / "empty.onnx").write_bytes(b"")
     (root / "folder").mkdir()
-    return {"ckpt": str(root / "tiny.safetensors"), "onnx": str(root / "small.onnx"), "random": str(root / "random.bin"),
+    (root / "arch.json").write_text('{"fingerprint": "0x101000016010406"}')
+    return {"archjson": str(root / "arch.json"), "ckpt": str(root / "tiny.safetensors"), "onnx": str(root / "small.onnx"), "random": str(root / "random.bin"),
             "empty": str(root / "empty.onnx"), "folder": str(root / "folder"), "missing": str(root / "missing.pth"),
             "data": str(tiny_dataset), "finn": str(REPO / "models/vic-nano-finn-w4a4.safetensors"),
             "unicode": str(root / "vidéo ✓ 模型.pth")}
@@ -89,7 +90,8 @@ def export_vocabulary(files: dict[str, str]) -> tuple[list[list[str]], list[list
     good += [["--checkpoint", "@ckpt"], ["--frames", "4"], ["--frames", "9"], ["--classes", "10"],
              ["--image-size", "32"], ["--image-size", "64"], ["--grid", "2x2"], ["--grid", "3x3"], ["--calib", "@data"],
              ["--eval", "@data"], ["--calib-clips", "1"], ["--bits", "w4a4"], ["--fps", "30"],
-             ["--start-from", "export_float"], ["--stop-after", "rewrite"]]
+             ["--start-from", "export_float"], ["--stop-after", "rewrite"], ["--dpu-arch", "B3136"],
+             ["--fingerprint", "0x101000016010406"], ["--arch-json", "@archjson"]]
     bad: list[list[str]] = [["-h"], ["--bogus-flag"], ["positional"], ["--target"]]
     bad += [["--target", t] for t in TARGETS[5:]]
     bad += [["--arch", a] for a in ("vic-z", "VIC-NANO", "vic-nanö", "")]
@@ -105,6 +107,9 @@ def export_vocabulary(files: dict[str, str]) -> tuple[list[list[str]], list[list
     bad += [["--fps", f] for f in ("-5", "0", "nan", "inf", "-inf", "1e308", "fast")]
     bad += [["--start-from", s] for s in ("rewrite", "quantize", "bogus")]
     bad += [["--stop-after", s] for s in ("bogus", "finn_model")]
+    bad += [["--dpu-arch", a] for a in ("B9999", "", "b4096x")]
+    bad += [["--fingerprint", f] for f in ("0x", "zz", "0x1", "-1")]
+    bad += [["--arch-json", f"@{k}"] for k in ("missing", "random", "folder", "empty")]
     resolve = lambda choices: [[files[c[1:]] if c.startswith("@") else c for c in choice] for choice in choices]  # noqa: E731
     return resolve(good), resolve(bad)
 

@@ -141,7 +141,7 @@ def dpu_bundle(tmp_path_factory, tiny_dataset) -> Path:
      "--arch vic-t conflicts with"),
     (["--target", "dpu-kv260", "--frames", "4"], "--frames 4 conflicts with"),  # shipped vic-nano-dpu has 9
     (["--target", "onnx", "--image-size", "128"], "--image-size 128 conflicts with"),  # shipped vic-nano is 64
-    (["--target", "onnx", "--calib", "X"], "--calib applies to dpu-* and finn-* targets, not onnx"),
+    (["--target", "onnx", "--calib", "X"], "--calib applies to dpu-*, finn-* and vaiep-* targets, not onnx"),
     (["--grid", "2x3", "--frames", "4"], "--grid 2x3 holds 6 frames, not --frames 4"),
 ], ids=["arch-vs-checkpoint", "frames-vs-shipped-dpu", "image-size-vs-shipped", "calib-on-onnx", "grid-vs-frames"])
 def test_flag_that_would_be_ignored_is_an_error(argv, fragment, tmp_path, capsys):

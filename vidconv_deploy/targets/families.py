@@ -195,5 +195,7 @@ def reject_foreign_flags(target: Target, options: argparse.Namespace) -> None:
     for flag in sorted(FAMILY_FLAGS - set(accepted)):
         if getattr(options, flag) not in (None, False):
             takers = [f.name for f in FAMILIES.values() if flag in f.flags]
-            raise UserError(f"--{flag.replace('_', '-')} applies to {' and '.join(t + '-*' for t in takers)} targets, "
+            names = [t + "-*" for t in takers]
+            listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+            raise UserError(f"--{flag.replace('_', '-')} applies to {listed} targets, "
                             f"not {target.name}: drop it or choose such a target")
