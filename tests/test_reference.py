@@ -260,3 +260,20 @@ def test_vic_nano_dpu_early_graph_is_bit_exact():
 
     result = quantize_onnx(early.model, feeds[:2])
     assert_bit_exact(result.model, feeds[2:])
+
+
+@pytest.mark.parametrize("mode", ["half_up", "half_even"])
+def test_requantize_of_float_stored_accumulators_is_the_integer_shift(mode):
+    # Float-stored accumulators (exact integers below 2**24) must requantize exactly as the DPU's integer
+    # (acc + 2**(shift-1)) >> shift does (fixpoint.shift_round on int64), ties and saturation included.
+    from vidconv_deploy.fixpoint import arithmetic as fixpoint
+    from vidconv_deploy.reference.executor import Fx, _requantize
+
+    gen = torch.Generator().manual_seed(0)
+    acc = torch.randint(-(1 << 20), 1 << 20, (20000,), generator=gen, dtype=torch.int64)
+    acc[:8] = torch.tensor([6, -6, 10, -10, 2, -2, (1 << 20) - 1, -(1 << 20)])  # ties at shift 2 and 3, extremes
+    for shift in range(-2, 12):
+        x = Fx(acc.to(torch.float32), 14, float(1 << 20))
+        got = _requantize(x, 14 - shift, mode)
+        expected = fixpoint.saturate(fixpoint.shift_round(acc, shift, mode)).to(torch.float32)
+        assert torch.equal(got, expected), shift

@@ -194,8 +194,14 @@ def _requantize(x: Fx, fix_point: int, mode: str) -> torch.Tensor:
     """
     shift = x.e - fix_point
     if x.v.is_floating_point():
-        f = x.v * 2.0**-shift if shift else x.v
-        f = torch.round(f) if mode == "half_even" else fixpoint.round_float(f, mode)
+        exact = K.FLOAT32_EXACT if x.v.dtype == torch.float32 else K.FLOAT64_EXACT
+        if mode == "half_up" and shift > 0 and x.bound + 2.0 ** (shift - 1) < exact:
+            # the DPU's own (acc + 2**(shift-1)) >> shift: the sum stays exact below 2**24 (2**53), then an
+            # exact power-of-two scaling and floor; three passes instead of rounding and fixing the ties
+            f = (x.v + 2.0 ** (shift - 1)).mul_(2.0**-shift).floor_()
+        else:
+            f = x.v * 2.0**-shift if shift else x.v
+            f = torch.round(f) if mode == "half_even" else fixpoint.round_float(f, mode)
         return f.clamp_(fixpoint.QMIN, fixpoint.QMAX).to(torch.float32)
     return fixpoint.saturate(fixpoint.shift_round(x.v, shift, mode)).to(torch.float32)
 
@@ -312,7 +318,8 @@ class Executor:
                 if proto.op_type == "QuantizeLinear":
                     codes = outs[0]
                     key = self.key_of_q[proto.output[0]]
-                    values_nchw = np.ascontiguousarray(codes.v.to(torch.int8).numpy())
+                    # NCHW-indexed view of the channels-last codes (no copy; consumers index or transpose it)
+                    values_nchw = codes.v.to(torch.int8).numpy()
                     run.tensors[key] = IntTensor(values_nchw, codes.fix_point, codes.exact, codes.note)
                     run.quantize_outputs[key] = proto.output[0]
         for name in self.outputs:
