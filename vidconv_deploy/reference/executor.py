@@ -252,6 +252,8 @@ class Executor:
                 self.constants.update(zip(n.output, self._ops[n.op_type](n, self._args(n, self.constants)), strict=False))
             else:
                 self.nodes.append(n)
+        # tensor -> index of the last node reading it: a run drops it there (graph outputs are kept)
+        self.last_use = {t: i for i, n in enumerate(self.nodes) for t in n.input if t and t not in self.outputs}
 
     # ---- values ------------------------------------------------------------------------------------
 
@@ -312,9 +314,12 @@ class Executor:
             values[name] = Raw(torch.as_tensor(np.asarray(feeds[name], dtype=np.float32)))
         run = ReferenceRun({}, {}, rounding)
         with torch.no_grad(), K.single_threaded():
-            for proto in self.nodes:
+            for index, proto in enumerate(self.nodes):
                 outs = self._ops[proto.op_type](proto, self._args(proto, values))
                 values.update(zip(proto.output, outs, strict=False))
+                for name in set(proto.input):
+                    if self.last_use.get(name) == index:
+                        values.pop(name, None)
                 if proto.op_type == "QuantizeLinear":
                     codes = outs[0]
                     key = self.key_of_q[proto.output[0]]
