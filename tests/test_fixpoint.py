@@ -222,3 +222,13 @@ def test_dyadic_fraction_as_int_and_exponent():
     assert fx.fraction_to_int_exp(Fraction(21, 1024)) == (21, 10)
     with pytest.raises(ValueError):
         fx.fraction_to_int_exp(Fraction(1, 3))
+
+
+def test_quantizing_from_the_searchs_codes_equals_fake_quantize():
+    # The search keeps the half-to-even codes it measured; half-up quantization rebuilt from them must be
+    # fake_quantize's, bit for bit, on ties (either way), saturation at both ends, and every measured position.
+    x = _values_with_ties()
+    for pos in range(3, 10):
+        search = fx.DiffsSearch(pos, {pos: fx.measure(x, pos)})
+        assert torch.equal(search.fake_quantize(x, pos, "half_up"), fx.fake_quantize(x, pos, "half_up")), pos
+        assert torch.equal(search.fake_quantize(x, pos + 1, "half_up"), fx.fake_quantize(x, pos + 1, "half_up"))

@@ -85,7 +85,43 @@ SATURATION_STRIDE = 8
 
 
 def diffs_fix_pos(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> int:
-    """One tensor's fix position by vai_q's "diffs" search (``fix_ops.diffs_fix_pos``), uncapped.
+    """One tensor's fix position by vai_q's "diffs" search (``fix_ops.diffs_fix_pos``), uncapped."""
+    return diffs_search(x, scope).position
+
+
+@dataclass
+class Candidate:
+    """A position the diffs search summed in full: the half-to-even codes (clamped), ``t - codes`` for
+    ``t = x * 2**pos``, and the squared error (see :func:`squared_error`)."""
+
+    codes: torch.Tensor
+    residual: torch.Tensor
+    error: float
+
+
+@dataclass
+class DiffsSearch:
+    """The diffs search's choice and what it measured, so that quantizing at a measured position reuses it."""
+
+    position: int
+    measured: dict[int, Candidate] = field(default_factory=dict)
+
+    def fake_quantize(self, x: torch.Tensor, pos: int, mode: str) -> torch.Tensor:
+        """:func:`fake_quantize` of ``x`` (the searched tensor), from the search's codes when it measured ``pos``.
+
+        Half-up differs from the search's half-to-even codes only on ties taken down, where the residual is
+        exactly +0.5 (it is above 0.5 only where the top saturates, and adding 1 there is clamped away):
+        ``clamp(codes + clamp(floor(2 * residual), 0, 1))``, equal to rounding ``t`` half up and clamping.
+        """
+        found = self.measured.get(pos)
+        if found is None or mode != "half_up":
+            return fake_quantize(x, pos, mode)
+        up = (found.residual * 2.0).floor_().clamp_(0.0, 1.0)
+        return up.add_(found.codes).clamp_(QMIN, QMAX).mul_(2.0**-pos)
+
+
+def diffs_search(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> DiffsSearch:
+    """vai_q's "diffs" search (``fix_ops.diffs_fix_pos``), uncapped, keeping what it measured.
 
     ``step = max(x_min / (-2**(bw-1) - 0.5), x_max / (2**(bw-1) - 0.5))``; the largest position that does
     not overflow is ``floor(log2(1 / step))``; the search then tries ``scope`` positions from there upward
@@ -101,23 +137,25 @@ def diffs_fix_pos(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> int:
     low, high = x.min(), x.max()
     step = torch.max(low / (-abs_max - 0.5), high / (abs_max - 0.5))
     if not step.item() > 0.0:  # the source compares with sys.float_info.min, below every float32 > 0
-        return ZERO_TENSOR_FIX_POS
+        return DiffsSearch(ZERO_TENSOR_FIX_POS)
     start = int(torch.floor(torch.log2(1.0 / step)).item())
     if scope == 1:
-        return start
+        return DiffsSearch(start)
     peak = max(-low.item(), high.item())
-    best, best_error = start, squared_error(x, start)
+    search = DiffsSearch(start, {start: measure(x, start)})
     for pos in range(start + 1, start + scope):
+        best_error = search.measured[search.position].error
         if saturation_bound(x, peak, pos) > best_error * (1 + PRUNE_MARGIN):
             break
-        error = squared_error(x, pos)
-        if error < best_error:
-            best, best_error = pos, error
-    return best
+        search.measured[pos] = measure(x, pos)
+        if search.measured[pos].error < best_error:
+            search.position = pos
+    return search
 
 
-def squared_error(x: torch.Tensor, pos: int) -> float:
-    """``sum((x - fake_quantize(x, pos))**2)`` as the source computes it in float32 (one torch.sum).
+def measure(x: torch.Tensor, pos: int) -> Candidate:
+    """The codes of ``x`` at ``pos`` and ``sum((x - fake_quantize(x, pos))**2)`` as the source computes it
+    in float32 (one torch.sum).
 
     Two exact shortcuts make it cheaper without changing the float32 sum. The error does not depend on
     the rounding mode: the modes differ only on ties, where ``|x - q|`` is half an LSB either way (with or
@@ -126,8 +164,14 @@ def squared_error(x: torch.Tensor, pos: int) -> float:
     of the reduction is the source's times ``2**(2 * pos)``, exactly, and scales back exactly.
     """
     t = x * 2.0**pos
-    err = t.sub_(torch.round(t).clamp_(QMIN, QMAX))
-    return torch.sum(err.mul_(err)).item() * 4.0**-pos
+    codes = torch.round(t).clamp_(QMIN, QMAX)
+    residual = t.sub_(codes)
+    return Candidate(codes, residual, torch.sum(residual * residual).item() * 4.0**-pos)
+
+
+def squared_error(x: torch.Tensor, pos: int) -> float:
+    """``sum((x - fake_quantize(x, pos))**2)`` as the source computes it in float32 (see :func:`measure`)."""
+    return measure(x, pos).error
 
 
 def saturation_bound(x: torch.Tensor, peak: float, pos: int) -> float:

@@ -271,17 +271,21 @@ def calibrate(
     current: dict[str, int] = {key: fixed[key] for key in plan.points if key in fixed}
 
     def hook(point, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each feed's tensor at a quant point, quantized at the mode of the positions found so far."""
         if point.key in fixed:
-            positions = [fixed[point.key]] * len(xs)
-        else:
-            scope = point.scope if method == "diffs" else 1
-            positions = []
-            for found in pool.map(lambda x: fixpoint.capped(fixpoint.diffs_fix_pos(x, scope)), xs):
-                history[point.key].append(found)
-                counts[point.key][found] += 1
-                positions.append(fixpoint.modal_of_counts(counts[point.key]))
-            current[point.key] = positions[-1]
-        return pool.map(lambda xp: fixpoint.fake_quantize(xp[0], xp[1], fixpoint.ACTIVATION_ROUNDING), zip(xs, positions))
+            pinned = fixed[point.key]
+            return pool.map(lambda x: fixpoint.fake_quantize(x, pinned, fixpoint.ACTIVATION_ROUNDING), xs)
+        scope = point.scope if method == "diffs" else 1
+        searches = pool.map(lambda x: fixpoint.diffs_search(x, scope), xs)
+        positions = []
+        for search in searches:
+            found = fixpoint.capped(search.position)
+            history[point.key].append(found)
+            counts[point.key][found] += 1
+            positions.append(fixpoint.modal_of_counts(counts[point.key]))
+        current[point.key] = positions[-1]
+        return pool.map(lambda sxp: sxp[0].fake_quantize(sxp[1], sxp[2], fixpoint.ACTIVATION_ROUNDING),
+                        zip(searches, xs, positions))
 
     batches = 0
     total = len(feeds) if hasattr(feeds, "__len__") else None
