@@ -148,6 +148,11 @@ class GraphEstimate:
         return sorted((c for c in self.layers if c.seconds > 0), key=lambda c: -c.seconds)[:top]
 
 
+def dpu_cores(count: int) -> str:
+    """``1 DPU core`` / ``3 DPU cores``: how the tables name a board's cores."""
+    return f"{count} DPU core{'s' if count != 1 else ''}"
+
+
 def _prod(values: Sequence[int]) -> int:
     return math.prod(int(v) for v in values)
 
@@ -349,7 +354,7 @@ def print_performance(performance: Mapping[str, Any], console: Any, top: int = 1
     from rich.table import Table
 
     config = performance["config"]
-    table = Table(title=f"estimated on {config['target']} ({config['arch']}, {config['clock_mhz']:g} MHz, {config['cores']} cores)")
+    table = Table(title=f"estimated on {config['target']} ({config['arch']}, {config['clock_mhz']:g} MHz, {dpu_cores(config['cores'])})")
     for column in ("layer", "op", "engine", "ms", "share", "bound"):
         table.add_column(column)
     total = performance["latency_ms"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vidconv_deploy.bundle import Bundle
-from vidconv_deploy.dpu.perf_model import slowest_layers
+from vidconv_deploy.dpu.perf_model import dpu_cores, slowest_layers
 from vidconv_deploy.reference.compare import LayerStats
 from vidconv_deploy.report import Report
 from vidconv_deploy.runners import GRAPHS
@@ -111,7 +111,7 @@ def performance_section(report: Report, performance: dict[str, Any]) -> None:
     """The performance model's estimate: clip and streaming rates, the slowest layers, the figures it used."""
     clip, stream, config = performance["full_clip"], performance["streaming"], performance["config"]
     report.section("DPU performance estimate (model, not a measurement)").table(
-        ["mode", "latency ms (one core)", "single thread /s", f"multi-thread /s ({config['cores']} cores)"],
+        ["mode", "latency ms (one core)", "single thread /s", f"multi-thread /s ({dpu_cores(config['cores'])})"],
         [[f"full clip ({clip['frames']} frames + collage), clips", clip["latency_ms"], clip["clips_per_s_single_thread"],
           clip["clips_per_s_multi_thread"]],
          ["streaming (1 early + 1 later run per new frame), frames", stream["latency_ms"], stream["fps_single_thread"],
@@ -124,7 +124,7 @@ def performance_section(report: Report, performance: dict[str, Any]) -> None:
     if off:
         report.text(f"Not costed (they run on the board CPU): {', '.join(off)}.")
     report.text(f"{config['arch']}: PP x ICP x OCP = {' x '.join(map(str, config['pp_icp_ocp']))}, ALU pixel parallelism "
-                f"{config['alu_pixel_parallel']}, {config['clock_mhz']:g} MHz, {config['cores']} cores, data ports "
+                f"{config['alu_pixel_parallel']}, {config['clock_mhz']:g} MHz, {dpu_cores(config['cores'])}, data ports "
                 f"{config['port_gb_per_s']:.1f} GB/s per core, DDR {config['ddr_gb_per_s']:.1f} GB/s usable; fitted: conv "
                 f"efficiency {config['conv_efficiency']:g}, {config['layer_overhead_cycles']} overhead cycles per layer, "
                 f"{config['host_ms_per_frame']:g} ms host work per frame (single thread). Validated on the Vitis AI Model Zoo "
