@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -226,7 +227,7 @@ def b3136_bundle(tmp_path_factory, tiny_dataset):
     out = tmp_path_factory.mktemp("b3136")
     code = export_main(["--target", "dpu-kv260", "--dpu-arch", "B3136", "--arch", "vic-nano-dpu", "--classes", "10",
                         "--image-size", "32", "--calib-clips", "1", "--calib", str(tiny_dataset), "--out", str(out)])
-    return code, out / "vic-nano-dpu-dpu-kv260"
+    return code, out / "vic-nano-dpu-dpu-kv260-b3136"  # a named DPU gets its own folder beside the default's
 
 
 def test_a_b3136_bundle_checks_compiles_and_reports_for_b3136(b3136_bundle):
@@ -243,3 +244,17 @@ def test_a_b3136_bundle_checks_compiles_and_reports_for_b3136(b3136_bundle):
     assert (board["dpu"], board["dpu_fingerprint"]) == ("DPUCZDX8G_ISA1_B3136", "0x101000016010406")
     assert manifest["throughput"]["ops_per_clock_per_core"] == 3136
     assert "DPUCZDX8G_ISA1_B3136, fingerprint 0x101000016010406 (--dpu-arch B3136)" in (bundle / "report.md").read_text()
+
+
+def test_start_from_refuses_a_bundle_of_another_dpu(b3136_bundle, tmp_path, capsys):
+    # Continuing the B3136 bundle as a B4096 one would mix two DPUs' rules, splits and golden vectors.
+    code, bundle = b3136_bundle
+    assert code == 0
+    moved = tmp_path / "vic-nano-dpu-dpu-kv260-b3136"
+    shutil.copytree(bundle, moved)  # then offered where a B4096 run looks for its bundle
+    (moved.parent / "vic-nano-dpu-dpu-kv260-b4096").symlink_to(moved)
+    code = export_main(["--target", "dpu-kv260", "--dpu-arch", "B4096", "--arch", "vic-nano-dpu", "--classes", "10",
+                        "--image-size", "32", "--start-from", "golden_vectors", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "was exported for DPU fingerprint 0x101000016010406, not 0x101000056010407" in err

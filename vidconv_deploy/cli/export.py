@@ -317,7 +317,7 @@ def _main(argv: Sequence[str] | None) -> int:
     validate_out(args.out)
     console = Console(stderr=True, soft_wrap=True)
     model, weights = load_weights(args, target)
-    final = bundle_dir(args.out, model.cfg.arch, target.name)
+    final = bundle_dir(args.out, model.cfg.arch, target)
     remove_dead_leftovers(final)  # a killed run's staging folder; a bundle a killed swap had moved aside goes back
     if args.start_from:  # before the inputs are decoded: a --start-from without a finished bundle is bad input
         read_manifest(final, START_FROM_FIX)

@@ -41,9 +41,20 @@ class Outcome:
     context: ExportContext
 
 
-def bundle_dir(out: Path, arch: str, target: str) -> Path:
-    """Where a bundle goes inside ``--out``: one folder per model and target."""
-    return out / f"{arch}-{target}"
+def bundle_dir(out: Path, arch: str, target: Target) -> Path:
+    """Where a bundle goes inside ``--out``: one folder per model and target, and per DPU when one was named
+    (``--dpu-arch B3136`` exports go to ``...-dpu-kv260-b3136``, beside the board default's bundle)."""
+    dpu = f"-{target.ruleset.data['arch']['size'].lower()}" if target.dpu is not None else ""
+    return out / f"{arch}-{target.name}{dpu}"
+
+
+def check_same_dpu(previous: dict[str, Any], target: Target, final: Path) -> None:
+    """A --start-from run continues a bundle only for the DPU it was exported for (its rules, split, golden)."""
+    before = previous.get("recipe", {}).get("dpu", {}).get("fingerprint")
+    now = target.ruleset.data.get("arch", {}).get("fingerprint") if target.family == "dpu" else None
+    if before != now:
+        raise UserError(f"--start-from: {final} was exported for DPU fingerprint {before}, not {now}: give the same "
+                        f"--dpu-arch/--fingerprint/--arch-json, or export afresh without --start-from")
 
 
 def carry_over(bundle: Bundle, final: Path, previous: dict[str, Any], steps_before: list[str], verdict: Verdict) -> None:
@@ -71,11 +82,13 @@ def export_bundle(target: Target, model: Any, weights: dict[str, Any], options: 
     steps = target.steps()
     start_from, stop_after = getattr(options, "start_from", None), getattr(options, "stop_after", None)
     check_step_range(steps, start_from, stop_after)
-    final = bundle_dir(out, model.cfg.arch, target.name)
+    final = bundle_dir(out, model.cfg.arch, target)
     previous = read_manifest(final, START_FROM_FIX) if start_from else {}
     if previous and (previous.get("target") != target.name or previous.get("model", {}).get("config") != model.cfg.to_dict()):
         raise UserError(f"--start-from: {final} was exported for {previous.get('target')} with another model config: "
                         f"give the same --target and model flags, or export afresh without --start-from")
+    if previous:
+        check_same_dpu(previous, target, final)
     with staged_bundle(final, target.name) as bundle:
         ctx = ExportContext(target, options, bundle, model, weights, previous=previous, seed=seed)
         if previous:
