@@ -10,7 +10,9 @@ Steps, each following the Vitis AI 3.5 source (VAI = Xilinx/Vitis-AI src/vai_qua
    default options (``nndct_change_concat_input_fix``, ``nndct_change_add_input_fix``,
    ``nndct_change_pool_input_fix`` all False in ``VAI/nndct_shared/utils/option_list.py``), Concat, Add
    and pools do *not* force their inputs to their output position; a Concat's sole-use inputs share its
-   position through ``quant_output`` instead.
+   position through ``quant_output`` instead. Then, when asked, :mod:`~vidconv_deploy.quant.recovery` tunes
+   the float weights and biases (bias correction or fast finetune) with every position kept, and the
+   fix-ups run once more.
 4. :func:`build_qdq`: int8 weight/bias initializers + DequantizeLinear, a QuantizeLinear/DequantizeLinear
    pair per quantized activation, all scales 2**-fix_point, zero points int8 0. DPU approximations are
    explicit ops so ONNX Runtime computes them: average pools and means become a window *sum* times the
@@ -28,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -62,6 +64,7 @@ from vidconv_deploy.quant.graph import (
     Node,
     analyse,
 )
+from vidconv_deploy.quant.recovery import check_method, recover
 from vidconv_deploy.version import __version__
 
 ZERO_POINT = "quant_zero_point_int8"
@@ -290,6 +293,7 @@ def quantize_onnx(
     *,
     fixed_fix_points: dict[str, int] | None = None,
     method: str = "diffs",
+    recovery: str = "none",
     progress: Subtask = no_subtask,
 ) -> QuantResult:
     """Quantize ``float_model`` with vai_q_pytorch's DPU arithmetic; return the QDQ model and quant_info.
@@ -297,13 +301,22 @@ def quantize_onnx(
     ``calib_feeds`` are feeds for the float graph (input name -> float32 array), one per calibration batch.
     ``fixed_fix_points`` pins tensors (by float-graph tensor name, or weight/bias initializer name) to a fix
     position, e.g. the second graph of a streaming split must read its input at the first graph's output
-    position. Raises UserError for unsupported ops or impossible pins.
+    position. ``recovery`` ("none", "bias_correction", "fast_finetune"; :mod:`~vidconv_deploy.quant.recovery`)
+    then tunes the float weights and biases on the same feeds, positions kept, and the shift rules are
+    applied once more. Raises UserError for unsupported ops, impossible pins or an unknown recovery.
     """
+    check_method(recovery)
+    if recovery != "none" and not isinstance(calib_feeds, (Mapping, Sequence)):
+        calib_feeds = list(calib_feeds)  # recovery reads the feeds again after calibration
     plan = analyse(float_model)
     fixed = _fixed_keys(plan, fixed_fix_points)
     calib = calibrate(plan, calib_feeds, fixed=fixed, method=method, progress=progress)
     pos = Positions(dict(calib.activations), dict(calib.params))
     log, convs = organize_positions(plan, pos, fixed)
+    recovered = recover(recovery, plan, pos.act, pos.params, calib_feeds, lambda: build_qdq(plan, pos)[0], progress=progress)
+    if recovery != "none":
+        again, convs = organize_positions(plan, pos, fixed)
+        log += again
     with single_threaded():
         model, tensors, params, approximations = build_qdq(plan, pos)
     info: dict[str, Any] = {
@@ -312,8 +325,8 @@ def quantize_onnx(
         "param": {name: [[fixpoint.BIT_WIDTH, pos.params[name]]] for name in plan.params},
         "output": {key: [[fixpoint.BIT_WIDTH, pos.act[key]]] for key in plan.points},
         "input": {},
-        "fast_finetuned": False,
-        "bias_corrected": False,
+        "fast_finetuned": recovery == "fast_finetune",
+        "bias_corrected": recovery == "bias_correction",
         "version": f"vidconv_deploy {__version__} (vai_q_pytorch 3.5 DPU rules)",
         "graph_md5": hashlib.md5(float_model.SerializeToString()).hexdigest(),
         # ours: how the vai_q-style entries map onto the ONNX graphs, and how they were reached
@@ -325,6 +338,7 @@ def quantize_onnx(
             "approximations": approximations,
             "fixed_fix_points": dict(fixed),
             "calibration": {"method": method, "batches": calib.batches, "history": calib.history},
+            "recovery": recovered,
         },
     }
     return QuantResult(model, info)

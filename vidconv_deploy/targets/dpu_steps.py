@@ -30,6 +30,7 @@ from vidconv_deploy.quant.qdq import QuantResult
 from vidconv_deploy.reference import integer_checks, layer_report, save_sqnr_plot
 from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun
+from vidconv_deploy.targets.families import quant_recovery
 from vidconv_deploy.targets.steps import step
 
 
@@ -85,9 +86,10 @@ def register_loaders(ctx: ExportContext) -> None:
 def step_quantize(ctx: ExportContext, run: StepRun) -> None:
     graphs = ctx.value("graphs")
     frames, collages = ctx.value("feeds")
-    early_q = quantize_onnx(graphs["early"], frames, progress=run.subtask)
+    recovery = quant_recovery(ctx.target, ctx.options)
+    early_q = quantize_onnx(graphs["early"], frames, recovery=recovery, progress=run.subtask)
     _, early_out_fp = io_fix_points(early_q.model)
-    later_q = quantize_onnx(graphs["later"], collages, progress=run.subtask,
+    later_q = quantize_onnx(graphs["later"], collages, recovery=recovery, progress=run.subtask,
                             fixed_fix_points={graphs["later"].graph.input[0].name: early_out_fp})
     quant = ctx.set("quant", {"early": early_q, "later": later_q})
     for name, q in quant.items():
@@ -97,7 +99,7 @@ def step_quantize(ctx: ExportContext, run: StepRun) -> None:
     ctx.bundle.write_json("quant_info", "quant_info.json", {n: q.info for n, q in quant.items()})
     calibration = ctx.value("calibration")
     run.record.update(calibration=calibration["source"], clips=len(calibration["clips"]), frames=len(frames),
-                      collage_fix_point=early_out_fp)
+                      collage_fix_point=early_out_fp, recovery=recovery)
 
 
 @step("integer_reference", "integer reference")

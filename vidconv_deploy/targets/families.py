@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vidconv_deploy.check.dpu_config import DpuChoice
 from vidconv_deploy.errors import UserError
+from vidconv_deploy.quant.recovery import RECOVERY_METHODS
 from vidconv_deploy.targets.registry import Target, Tool
 
 #: Most calibration clips taken (without --calib each is a synthetic video made first).
@@ -54,6 +55,14 @@ def add_dpu_arguments(group: argparse._ArgumentGroup) -> None:
                                                           "overlays) or B4096; the rule set lists the names")
     group.add_argument("--fingerprint", metavar="0x...", help="the DPU's fingerprint as `xdputil query` prints it on the board")
     group.add_argument("--arch-json", metavar="FILE", help="the arch.json you will compile with (vai_c_xir -a)")
+    group.add_argument("--quant-recovery", choices=RECOVERY_METHODS, help="INT8 accuracy recovery after calibration, "
+                       "vai_q_pytorch's bias correction or fast finetune (default: the recipe's quantizer.recovery, none)")
+
+
+def add_crosscheck_argument(group: argparse._ArgumentGroup) -> None:
+    """vidconv-export only: a second quantizer's opinion on the bundle's INT8 graphs (step crosscheck_quark)."""
+    group.add_argument("--crosscheck", choices=["quark"], help="also quantize both streaming graphs with AMD Quark XINT8 "
+                                                               "and report, tensor by tensor, where it differs and why")
 
 
 def dpu_choice(options: argparse.Namespace) -> DpuChoice | None:
@@ -93,6 +102,22 @@ def validate_calibration(target: Target, options: argparse.Namespace) -> None:
                             f"with a test split")
         if not open_split(options.eval, "test").items:
             raise UserError(f"--eval {options.eval}: its test split lists no videos: give a dataset with test videos")
+
+
+def quant_recovery(target: Target, options: argparse.Namespace) -> str:
+    """The INT8 recovery of a dpu-* export: --quant-recovery, else the recipe's quantizer.recovery (default none)."""
+    given = getattr(options, "quant_recovery", None)  # library callers may pass options without it
+    return given if given is not None else str(target.quantizer.get("recovery", "none"))
+
+
+def validate_dpu(target: Target, options: argparse.Namespace) -> None:
+    """The recipe's quantizer.recovery names a recovery (the flag's choices are checked by argparse); then the
+    calibration options."""
+    recovery = quant_recovery(target, options)
+    if recovery not in RECOVERY_METHODS:
+        raise UserError(f"recipe {target.name}: quantizer.recovery {recovery!r} is not one of {', '.join(RECOVERY_METHODS)}; "
+                        "fix the recipe or give --quant-recovery")
+    validate_calibration(target, options)
 
 
 def validate_finn(target: Target, options: argparse.Namespace) -> None:
@@ -171,7 +196,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "onnx": Family("onnx", (), lambda target, options: None, onnx_tools),
-    "dpu": Family("dpu", ("calib", "calib_clips", "eval", *DPU_FLAGS), validate_calibration, dpu_tools,
+    "dpu": Family("dpu", ("calib", "calib_clips", "eval", "quant_recovery", "crosscheck", *DPU_FLAGS), validate_dpu, dpu_tools,
                   ("compile_xmodel", ("vai_q_pytorch", "vai_c_xir"))),
     "finn": Family("finn", ("calib", "calib_clips", "eval", "bits", "fps", "allow_unfit"), validate_finn, finn_tools,
                    ("finn_build", ("vivado", "finn"))),
@@ -189,7 +214,9 @@ def family(name: str) -> Family:
 def add_family_arguments(parser: argparse.ArgumentParser) -> None:
     """Every family's option group (so --help lists them all); each flag's default is None (= not given)."""
     add_calibration_arguments(parser.add_argument_group("calibration and accuracy (dpu-* and finn-* targets)"))
-    add_dpu_arguments(parser.add_argument_group("the DPU (dpu-* targets; default: the board's)"))
+    dpu = parser.add_argument_group("the DPU (dpu-* targets; default: the board's)")
+    add_dpu_arguments(dpu)
+    add_crosscheck_argument(dpu)
     add_finn_arguments(parser.add_argument_group("FINN (finn-* targets)"))
 
 
