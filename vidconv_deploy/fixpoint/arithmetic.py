@@ -134,7 +134,7 @@ def diffs_search(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> DiffsSearch:
     """
     x = x.detach().to(torch.float32)
     abs_max = 1 << (BIT_WIDTH - 1)
-    low, high = x.min(), x.max()
+    low, high = torch.aminmax(x)
     step = torch.max(low / (-abs_max - 0.5), high / (abs_max - 0.5))
     if not step.item() > 0.0:  # the source compares with sys.float_info.min, below every float32 > 0
         return DiffsSearch(ZERO_TENSOR_FIX_POS)
