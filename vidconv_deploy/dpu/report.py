@@ -29,6 +29,8 @@ class DpuExport:
     performance: dict[str, Any]
     #: The DPU configuration the bundle assumes: the rule set's ``arch`` (name, size, fingerprint, chosen_by).
     dpu: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: crosscheck.json of ``--crosscheck quark`` (None when it did not run).
+    crosscheck: dict[str, Any] | None = None
 
 
 def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], accuracy: list[dict] | None = None
@@ -86,6 +88,8 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
 
     if accuracy:
         report.section("Accuracy").accuracy_table(accuracy)
+    if result.crosscheck:
+        crosscheck_section(report, result.crosscheck, accuracy)
 
     report.section("Compile (Vitis AI)")
     compiled = result.compile
@@ -105,6 +109,50 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
          ["streamed frames/s bound", f"{t['streamed_frames_per_s_bound']:.1f}"]])
     report.text(t["note"] + ".")
     return report.write(bundle.directory)
+
+
+def crosscheck_section(report: Report, crosscheck: dict[str, Any], accuracy: list[dict] | None) -> None:
+    """Quark XINT8 against our quantization: differing positions, codes and outputs, each with its rule."""
+    seam = crosscheck["seam"]
+    report.section("Cross-check: AMD Quark XINT8 (--crosscheck quark)").text(
+        "Quark quantized the same streaming graphs on the same calibration feeds (DPU simulation and refinement on; "
+        "'Quark calibrated' is its position before the refinement). Streaming seam: ours pins the later input to "
+        f"position {seam['ours']}; Quark's early output is {seam['quark_early_output']}, its later input "
+        f"{seam['quark_later_input']}. Full figures: crosscheck.json.")
+    graphs = crosscheck["graphs"]
+    report.table(["graph", "positions compared", "agree"],
+                 [[g, c["positions_compared"], c["positions_agree"]] for g, c in graphs.items()])
+    positions = [[g, d["tensor"], d["kind"], d["ours"], d["quark"], d["quark_calibrated"], d["rule"]]
+                 for g, c in graphs.items() for d in c["position_diffs"]]
+    if positions:
+        report.table(["graph", "tensor", "kind", "ours", "Quark", "Quark calibrated", "rule"], positions)
+    codes = [[g, d["tensor"], f"{d['differing']} of {d['elements']}", d["rule"]] for g, c in graphs.items() for d in c["code_diffs"]]
+    if codes:
+        report.text("Weights and biases at the same position whose int8 codes differ:")
+        report.table(["graph", "tensor", "codes differing", "rule"], codes)
+    operators = [[g, d["node"], d["op"], d["ours"], d["quark"], d["rule"]] for g, c in graphs.items() for d in c["operator_diffs"]]
+    if operators:
+        report.table(["graph", "node", "op", "ours", "Quark", "rule"], operators)
+    outputs = [[g, t["tensor"], f"{t['ours_fp']}/{t['quark_fp']}", f"{t['differing']} of {t['elements']}", t["max_lsb"],
+                t["sqnr_ours_db"], t["sqnr_quark_db"], t["cause"]]
+               for g, c in graphs.items() for t in c["outputs"] if t["differing"]]
+    report.text(f"ONNX Runtime runs of both QDQ graphs on the check feeds: {len(outputs)} tensors differ.")
+    if outputs:
+        report.table(["graph", "tensor", "fp ours/Quark", "elements differing", "max LSB", "SQNR ours dB",
+                      "SQNR Quark dB", "cause"], outputs)
+    if crosscheck["unexplained"]:
+        report.text(f"Not explained by any rule: {', '.join(crosscheck['unexplained'])}.")
+    report.table(["rule", "vai_q_pytorch (ours)", "Quark 0.13", "the DPUCZDX8G compiler"],
+                 [[f"{key}: {rule['title']}", rule["vai_q"], rule["quark"], rule["compiler"]] for key, rule in crosscheck["rules"].items()])
+    rows = [row for row in accuracy or [] if row["model"] in crosscheck["accuracy_rows"]]
+    report.text("Accuracy of both on --eval: " + ("; ".join(f"{r['model']} top-1 {r['top1']:.1f} %, agreement with float "
+                                                            f"{r['agreement_with_float']:.1f} %" for r in rows)
+                                                 if rows else "not measured (no --eval, or the evaluate step did not run)."))
+
+
+def _db(value: float | None) -> str:
+    """A logit SQNR: None (the manifest's spelling of +inf) is a quantization that changed no logit."""
+    return "no error" if value is None or value == math.inf else f"{value:.1f}"
 
 
 def performance_section(report: Report, performance: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import torch
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.bundle import read_manifest
+from vidconv_deploy.quark.crosscheck import ACCURACY_ROW as CROSSCHECK_ROW, ARTIFACT as CROSSCHECK_ARTIFACT, OURS_ROW
 from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner
 
 #: ``clips (N, L, 3, H, W) -> logits (N, classes)``.
@@ -103,8 +104,12 @@ def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Pa
     if family == "dpu":
         quant = path("quant_onnx")
         early, later = quant / "early.onnx", quant / "later.onnx"
-        found["int8 fake-quant (ONNX Runtime)"] = Streaming(StreamingSplit(grid, OnnxRuntimeRunner(early),
+        found[OURS_ROW] = Streaming(StreamingSplit(grid, OnnxRuntimeRunner(early),
                                                                            OnnxRuntimeRunner(later)))
+        if CROSSCHECK_ARTIFACT in artifacts:  # --crosscheck quark: Quark's XINT8 graphs of the same streaming split
+            crosscheck = path(CROSSCHECK_ARTIFACT)
+            found[CROSSCHECK_ROW] = Streaming(StreamingSplit(grid, OnnxRuntimeRunner(crosscheck / "early.onnx"),
+                                                             OnnxRuntimeRunner(crosscheck / "later.onnx")))
         if include_reference:
             # the early graph's int8 output keeps its fix position into the later graph (the quantizer
             # pins it), so the dequantized collage fed to the later graph re-quantizes to the same integers

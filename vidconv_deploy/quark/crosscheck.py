@@ -43,6 +43,9 @@ UNREFINED = {"SimulateDPU": True, "NPULimitationCheck": False}
 #: Quark's name for a graph output's float tensor, and for a quantized initializer.
 OUTPUT_SUFFIX, PARAM_SUFFIX = "_QuantizeLinear_Input", "_quantized"
 UNEXPLAINED = "unexplained"
+#: Where a DPU bundle keeps Quark's QDQ graphs, and the name its accuracy rows give them.
+ARTIFACT, DIRECTORY = "crosscheck_quark_onnx", "crosscheck"
+ACCURACY_ROW, OURS_ROW = "Quark XINT8 fake-quant (ONNX Runtime)", "int8 fake-quant (ONNX Runtime)"
 POOL_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool"})
 
 
@@ -136,8 +139,27 @@ class Crosscheck:
     def to_dict(self) -> dict[str, Any]:
         used = sorted({d.rule for g in self.graphs.values() for d in [*g.positions, *g.codes, *g.operators]} - {UNEXPLAINED})
         return {"tool": "amd-quark", "config": "XINT8", "options": self.options, "seam": self.seam,
+                "accuracy_rows": [OURS_ROW, ACCURACY_ROW],
+                "unexplained": self.unexplained(),
                 "graphs": {name: g.to_dict() for name, g in self.graphs.items()},
                 "rules": {r: dataclasses.asdict(RULES[r]) for r in used}}
+
+
+    def unexplained(self) -> list[str]:
+        """Graph:tensor of every difference no rule explains (none on the demo model)."""
+        rows = [(g, d.tensor) for g, c in self.graphs.items() for d in c.positions if d.rule == UNEXPLAINED]
+        rows += [(g, t.tensor) for g, c in self.graphs.items() for t in c.outputs if t.cause == UNEXPLAINED]
+        return [f"{g}:{t}" for g, t in rows]
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest's record: each graph's position differences with their rules, the rest in crosscheck.json."""
+        return {"config": "XINT8", "file": "crosscheck.json", "seam": self.seam, "unexplained": self.unexplained(),
+                "graphs": {name: {"positions_compared": g.positions_compared,
+                                  "position_diffs": [{"tensor": p.tensor, "ours": p.ours, "quark": p.quark, "rule": p.rule}
+                                                     for p in g.positions],
+                                  "code_diffs": {c.tensor: c.rule for c in g.codes},
+                                  "tensors_differing": sum(1 for t in g.outputs if t.differing)}
+                           for name, g in self.graphs.items()}}
 
 
 def _position(scale: onnx.TensorProto) -> int:

@@ -27,6 +27,9 @@ from vidconv_deploy.dpu.perf_model import save_layer_chart, streaming_performanc
 from vidconv_deploy.dpu.throughput import peak_throughput
 from vidconv_deploy.quant import quantize_onnx, write_quant_info
 from vidconv_deploy.quant.qdq import QuantResult
+from vidconv_deploy.quark.crosscheck import ARTIFACT as CROSSCHECK_ARTIFACT, DIRECTORY as CROSSCHECK_DIR, crosscheck_graphs
+from vidconv_deploy.quark.env import INSTALL_FIX as QUARK_INSTALL_FIX, VERSION as QUARK_VERSION, quark_version
+from vidconv_deploy.quark.env import versions as quark_versions
 from vidconv_deploy.reference import integer_checks, layer_report, save_sqnr_plot
 from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun
@@ -168,6 +171,19 @@ def step_board_dir(ctx: ExportContext, run: StepRun) -> None:
     ctx.bundle.record_dir("board_dir", "board")
 
 
+def _crosscheck_with_accuracy(ctx: ExportContext) -> dict[str, Any] | None:
+    """crosscheck.json of this bundle (None: --crosscheck did not run), with both models' accuracy once measured."""
+    path = ctx.directory / "crosscheck.json"
+    if not path.is_file():
+        return None
+    crosscheck = json.loads(path.read_text())
+    rows = [row for row in ctx.fields.get("accuracy") or [] if row["model"] in crosscheck["accuracy_rows"]]
+    if rows:
+        crosscheck["accuracy"] = ctx.fields["crosscheck"]["accuracy"] = rows
+        ctx.bundle.write_json("crosscheck", "crosscheck.json", crosscheck)
+    return crosscheck
+
+
 @step("dpu_report", "report")
 def step_dpu_report(ctx: ExportContext, run: StepRun) -> None:
     cfg = ctx.model.cfg
@@ -176,7 +192,7 @@ def step_dpu_report(ctx: ExportContext, run: StepRun) -> None:
     compiled = ctx.fields.get("compile") or {"ran": False, "reason": "this target's recipe has no compile_xmodel step"}
     result = DpuExport(ctx.fields["verification"], ctx.fields["compliant"], ctx.value("partition"),
                        ctx.value("reference"), ctx.value("layers"), compiled, throughput, performance,
-                       ctx.target.ruleset.data["arch"])
+                       ctx.target.ruleset.data["arch"], _crosscheck_with_accuracy(ctx))
     dpu_report(ctx.bundle, result, {"arch": cfg.arch, "weights": ctx.weights["source"],
                                           "verdict": ctx.verdict.to_dict()}, ctx.fields.get("accuracy"))
     ctx.bundle.record_report()
@@ -194,3 +210,51 @@ def step_dpu_performance(ctx: ExportContext, run: StepRun) -> None:
     clip, stream = performance["full_clip"], performance["streaming"]
     run.record.update(clip_latency_ms=round(clip["latency_ms"], 3), clips_per_s_multi_thread=round(clip["clips_per_s_multi_thread"], 1),
                       streamed_frames_per_s_multi_thread=round(stream["fps_multi_thread"], 1))
+
+
+@step("crosscheck_quark", "cross-check (Quark)")
+def step_crosscheck_quark(ctx: ExportContext, run: StepRun) -> None:
+    """``--crosscheck quark``: AMD Quark XINT8 on the same graphs and feeds, compared with ours tensor by tensor
+    (vidconv_deploy/quark/crosscheck.py); Quark's QDQ graphs join the accuracy step's models."""
+    if getattr(ctx.options, "crosscheck", None) != "quark":
+        run.not_run("no --crosscheck quark given")
+        return
+    if quark_version() != QUARK_VERSION:
+        run.not_run(f"amd-quark {QUARK_VERSION} is not installed here: {QUARK_INSTALL_FIX}")
+        return
+    frames, collages = ctx.value("feeds")
+    result = crosscheck_graphs(ctx.value("graphs"), ctx.value("quant"), {"early": frames, "later": collages},
+                               ctx.value("check_feeds"), run.subtask)
+    for name, model in result.models.items():
+        write_bytes(ctx.directory / CROSSCHECK_DIR / f"{name}.onnx", model.SerializeToString())
+    ctx.bundle.record_dir(CROSSCHECK_ARTIFACT, CROSSCHECK_DIR)
+    ctx.bundle.write_json("crosscheck", "crosscheck.json", {**result.to_dict(), "versions": quark_versions()})
+    ctx.fields["crosscheck"] = result.summary()
+    run.record.update({g: {"position_diffs": len(c.positions), "tensors_differing": sum(1 for t in c.outputs if t.differing)}
+                       for g, c in result.graphs.items()}, unexplained=len(result.unexplained()))
+
+
+@step("sensitivity", "sensitivity")
+def step_sensitivity(ctx: ExportContext, run: StepRun) -> None:
+    """Per quantized tensor, the logit cost of quantizing it alone and of leaving it float, on the recipe's
+    ``sensitivity.clips`` clips (the --eval test split's, with labels, else the calibration set's), and what to
+    do about the worst on the DPU (vidconv_deploy/evaluate/sensitivity.py)."""
+    wanted = int(ctx.target.recipe.get("sensitivity", {}).get("clips", 0))
+    if wanted < 1:
+        run.not_run("the recipe's sensitivity.clips is 0")
+        return
+    cfg, graphs = ctx.model.cfg, ctx.value("graphs")
+    if ctx.options.eval is not None:
+        clips, labels = labelled_clips(ctx.options.eval, cfg.frames, tuple(cfg.image_size), wanted)
+        source = f"{len(clips)} test clips of {ctx.options.eval} (first view of each video)"
+    else:
+        clips, labels = ctx.value("calibration")["clips"][:wanted], None
+        source = f"the first {min(wanted, len(ctx.value('calibration')['clips']))} calibration clips"
+    result = sensitivity(graphs, ctx.value("quant"), cfg.grid, clips, labels, progress=run.subtask)
+    ctx.fields["sensitivity"] = {"source": source, **result.to_dict(),
+                                 "advice": advice(result, graphs, ctx.target.ruleset, ctx.value("performance"))}
+    ctx.directory.joinpath("report_files").mkdir(exist_ok=True)
+    save_sensitivity_plot(result, ctx.directory / "report_files" / "sensitivity.png",
+                          f"{cfg.arch}: logit SQNR vs float with only this tensor INT8 (worst in red)")
+    worst = result.ranked[0]
+    run.record.update(clips=result.clips, tensors=len(result.tensors), most_sensitive=f"{worst.graph}:{worst.tensor}")
