@@ -232,29 +232,3 @@ def step_crosscheck_quark(ctx: ExportContext, run: StepRun) -> None:
     ctx.fields["crosscheck"] = result.summary()
     run.record.update({g: {"position_diffs": len(c.positions), "tensors_differing": sum(1 for t in c.outputs if t.differing)}
                        for g, c in result.graphs.items()}, unexplained=len(result.unexplained()))
-
-
-@step("sensitivity", "sensitivity")
-def step_sensitivity(ctx: ExportContext, run: StepRun) -> None:
-    """Per quantized tensor, the logit cost of quantizing it alone and of leaving it float, on the recipe's
-    ``sensitivity.clips`` clips (the --eval test split's, with labels, else the calibration set's), and what to
-    do about the worst on the DPU (vidconv_deploy/evaluate/sensitivity.py)."""
-    wanted = int(ctx.target.recipe.get("sensitivity", {}).get("clips", 0))
-    if wanted < 1:
-        run.not_run("the recipe's sensitivity.clips is 0")
-        return
-    cfg, graphs = ctx.model.cfg, ctx.value("graphs")
-    if ctx.options.eval is not None:
-        clips, labels = labelled_clips(ctx.options.eval, cfg.frames, tuple(cfg.image_size), wanted)
-        source = f"{len(clips)} test clips of {ctx.options.eval} (first view of each video)"
-    else:
-        clips, labels = ctx.value("calibration")["clips"][:wanted], None
-        source = f"the first {min(wanted, len(ctx.value('calibration')['clips']))} calibration clips"
-    result = sensitivity(graphs, ctx.value("quant"), cfg.grid, clips, labels, progress=run.subtask)
-    ctx.fields["sensitivity"] = {"source": source, **result.to_dict(),
-                                 "advice": advice(result, graphs, ctx.target.ruleset, ctx.value("performance"))}
-    ctx.directory.joinpath("report_files").mkdir(exist_ok=True)
-    save_sensitivity_plot(result, ctx.directory / "report_files" / "sensitivity.png",
-                          f"{cfg.arch}: logit SQNR vs float with only this tensor INT8 (worst in red)")
-    worst = result.ranked[0]
-    run.record.update(clips=result.clips, tensors=len(result.tensors), most_sensitive=f"{worst.graph}:{worst.tensor}")
