@@ -20,13 +20,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from vidconv_deploy.version import __version__
+from vidconv_deploy.version import __version__, package_versions
 from vidconv_deploy import strict_json
 from vidconv_deploy.atomic import current_umask, is_temporary, write_bytes
 from vidconv_deploy.errors import UserError
@@ -46,13 +45,7 @@ def read_manifest(directory: Path, fix: str = "give the folder vidconv-export wr
 
 def tool_versions() -> dict[str, str]:
     """Installed versions of the tools the bundle was made with."""
-    versions = {"python": platform.python_version(), "vidconv-deploy": __version__}
-    for name in TOOLS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return {"python": platform.python_version(), "vidconv-deploy": __version__, **package_versions(TOOLS)}
 
 
 class Bundle:

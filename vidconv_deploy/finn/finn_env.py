@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from importlib import metadata
 
 from vidconv_deploy.errors import UserError
+from vidconv_deploy.version import package_versions
 
 #: What we do differently from a plain ``finn build``, and why (sources: finn-plus 1.6.1 files named).
 WORKAROUNDS: tuple[str, ...] = (
@@ -57,12 +58,7 @@ def require_finn() -> None:
 
 def versions() -> dict[str, str]:
     """Versions of the packages that ran; Vivado is named only as absent (never a version that did not run)."""
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
+    found = package_versions(PACKAGES)
     found["vivado"] = "not used" if not os.environ.get("XILINX_VIVADO") else "present, not used (estimates only)"
     return found
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from vidconv_deploy.errors import UserError
+from vidconv_deploy.version import package_versions
 
 VERSION = "0.13"
 #: Python packages whose versions a Quark bundle records (the quantization ran with exactly these).
@@ -59,13 +60,7 @@ def import_quark() -> ModuleType:
 
 def versions() -> dict[str, str]:
     """Versions of the packages a Quark step ran with."""
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    return package_versions(PACKAGES)
 
 
 @contextlib.contextmanager
