@@ -1,0 +1,107 @@
+"""``vidconv-export --target dpu-* --crosscheck quark`` on the shipped demo model (vic-nano-dpu, one calibration
+clip): Quark XINT8's fix positions and int8 codes against ours, tensor by tensor, each difference with its rule,
+the QDQ graphs compared in ONNX Runtime, both accuracies; the step not run without the flag; the flag refused
+on a non-DPU target."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from vidconv_deploy.cli.export import main as export_main
+from vidconv_deploy.quark.rules import RULES
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_dataset):
+    out = tmp_path_factory.mktemp("crosscheck")
+    assert export_main(["--target", "dpu-kv260", "--calib-clips", "1", "--calib", str(tiny_dataset), "--eval",
+                        str(tiny_dataset), "--crosscheck", "quark", "--out", str(out)]) == 0
+    return out / "vic-nano-dpu-dpu-kv260"
+
+
+def test_positions_that_differ_and_why(bundle):
+    crosscheck = json.loads((bundle / "crosscheck.json").read_text())
+    early, later = crosscheck["graphs"]["early"], crosscheck["graphs"]["later"]
+    assert early["positions_compared"] == early["positions_agree"] == 30 and early["position_diffs"] == []
+    assert (later["positions_compared"], later["positions_agree"]) == (59, 56)
+    assert [(d["tensor"], d["kind"], d["ours"], d["quark"], d["quark_calibrated"], d["rule"]) for d in later["position_diffs"]] == [
+        # Quark's refinement aligns the pool's output with its input (4); vai_q keeps the calibrated 5
+        ("/pool/GlobalAveragePool_output_0", "activation", 5, 4, 5, "align_pool"),
+        # vai_q caps positions at 12, Quark's MinMSE does not
+        ("module.stage4.0.temporal.conv.bias", "bias", 12, 13, 13, "max_fix_pos"),
+        ("module.neck.0.weight", "weight", 12, 13, 13, "max_fix_pos"),
+        # Quark quantizes the Flatten's output on its own; in vai_q a flatten shares its input's quantizer
+        ("/Flatten_output_0", "activation", None, 5, 5, "reshape_quantizer")]
+    # the streaming seam: both tools give the early output and the later input the same position
+    assert crosscheck["seam"] == {"ours": 3, "quark_early_output": 3, "quark_later_input": 3}
+
+
+def test_codes_that_differ_at_the_same_position(bundle):
+    crosscheck = json.loads((bundle / "crosscheck.json").read_text())
+    codes = {g: {d["tensor"]: (d["differing"], d["rule"]) for d in c["code_diffs"]} for g, c in crosscheck["graphs"].items()}
+    # weights beyond -127.5 LSB: -128 in vai_q's [-128, 127], -127 in Quark's symmetric [-127, 127]
+    assert codes == {"early": {"module.down2.0.weight": (1, "param_range"), "module.stage2.0.pw1.weight": (1, "param_range")},
+                     "later": {"module.stage3.1.spatial.bias": (2, "param_range"), "module.stage3.1.pw1.weight": (3, "param_range"),
+                               "module.stage3.1.pw2.weight": (1, "param_range"), "module.down4.0.weight": (5, "param_range"),
+                               "module.stage4.0.pw2.weight": (2, "param_range"), "module.head.weight": (1, "param_range")}}
+
+
+def test_every_output_difference_is_explained(bundle):
+    crosscheck = json.loads((bundle / "crosscheck.json").read_text())
+    assert crosscheck["unexplained"] == []
+    outputs = {g: {t["tensor"]: t for t in c["outputs"]} for g, c in crosscheck["graphs"].items()}
+    differing = {g: [n for n, t in rows.items() if t["differing"]] for g, rows in outputs.items()}
+    assert (len(differing["early"]), len(differing["later"])) == (4, 17)
+    pool = outputs["later"]["/pool/GlobalAveragePool_output_0"]
+    assert (pool["ours_fp"], pool["quark_fp"], pool["differing"], pool["elements"], pool["max_lsb"], pool["cause"]) == (
+        5, 4, 61, 256, 2, "align_pool")
+    assert pool["sqnr_ours_db"] > pool["sqnr_quark_db"]  # the coarser aligned position costs Quark ~2 dB here
+    assert outputs["later"]["logits"]["cause"] == "follows /Flatten_output_0 (reshape_quantizer)"
+    assert outputs["later"]["/neck/neck.1/Relu_output_0"]["cause"] == "follows module.neck.0.weight (max_fix_pos)"
+    assert outputs["early"]["features"]["cause"] == "follows module.down2.0.weight (param_range)"
+    assert all(t["max_lsb"] <= 2 for rows in outputs.values() for t in rows.values())
+    # each rule hit is stated for both tools with its source, and which one the DPU compiler follows
+    assert set(crosscheck["rules"]) == {"align_pool", "max_fix_pos", "param_range", "reshape_quantizer"}
+    assert crosscheck["rules"]["align_pool"] == RULES["align_pool"].__dict__
+    for rule in crosscheck["rules"].values():
+        assert "VAI/" in rule["vai_q"] and "QUARK/" in rule["quark"] and rule["compiler"]
+
+
+def test_manifest_report_models_and_accuracy(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    steps = {s["name"]: s for s in manifest["steps"]}
+    assert steps["cross-check (Quark)"]["status"] == "ran" and steps["cross-check (Quark)"]["unexplained"] == 0
+    record = manifest["crosscheck"]
+    assert [d["rule"] for d in record["graphs"]["later"]["position_diffs"]] == [
+        "align_pool", "max_fix_pos", "max_fix_pos", "reshape_quantizer"]
+    assert manifest["artifacts"]["crosscheck_quark_onnx"]["dir"] == "crosscheck"
+    for graph in ("early", "later"):
+        model = onnx.load(str(bundle / "crosscheck" / f"{graph}.onnx"))
+        onnx.checker.check_model(model)
+    accuracy = {row["model"]: row for row in manifest["accuracy"]}
+    ours, quark = accuracy["int8 fake-quant (ONNX Runtime)"], accuracy["Quark XINT8 fake-quant (ONNX Runtime)"]
+    assert ours["videos"] == quark["videos"] == 6
+    assert record["accuracy"] == [ours, quark]
+    assert json.loads((bundle / "crosscheck.json").read_text())["accuracy"] == [ours, quark]
+    report = (bundle / "report.md").read_text()
+    assert "## Cross-check: AMD Quark XINT8 (--crosscheck quark)" in report
+    assert "| later | /pool/GlobalAveragePool_output_0 | activation | 5 | 4 | 5 | align_pool |" in report
+    assert "ONNX Runtime runs of both QDQ graphs on the check feeds: 21 tensors differ." in report
+    assert "Accuracy of both on --eval: int8 fake-quant (ONNX Runtime) top-1" in report
+
+
+def test_not_run_without_the_flag(dpu_bundle):
+    steps = {s["name"]: s for s in json.loads((dpu_bundle / "manifest.json").read_text())["steps"]}
+    assert steps["cross-check (Quark)"] == {"name": "cross-check (Quark)", "status": "not run",
+                                            "reason": "no --crosscheck quark given"}
+    assert not (dpu_bundle / "crosscheck.json").exists()
+
+
+def test_flag_on_a_non_dpu_target_is_one_line(tmp_path, capsys):
+    assert export_main(["--target", "onnx", "--crosscheck", "quark", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["vidconv-export: error: --crosscheck applies to dpu-* targets, not onnx: drop it or choose such a target"]
+    assert not any(tmp_path.iterdir())
