@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 
 from vidconv_deploy import build_model, save_checkpoint
 from vidconv_deploy.cli import evaluate, finetune, info, make_data, train
+from vidconv_deploy.data.loader import clip_batches
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TINY_TEACHER = {"num_classes": 10, "image_size": 32, "dims": (8, 16, 24, 32), "depths": (1, 1, 1, 1), "neck_dim": 16}
@@ -109,16 +111,19 @@ def test_finetune_resume_must_match_the_saved_run(
     out = tmp_path / "student.safetensors"
     argv = ["--teacher", str(teacher), "--student", "vic-nano-dpu", "--clips", str(tiny_dataset), "--epochs", "2",
             "--batch", "20", "--out", str(out)]
-    calls: list[int] = []
 
-    def killed_in_epoch_2(dataset: object, batch: int) -> Sequence[object]:
-        calls.append(batch)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return train.batches(dataset, batch)  # type: ignore[arg-type]
+    def killed_in_epoch_2(*args: Any, **kwargs: Any) -> Callable[[int], Iterable[object]]:
+        batches = clip_batches(*args, **kwargs)
+
+        def epoch_batches(epoch: int) -> Iterable[object]:
+            if epoch == 1:
+                raise KeyboardInterrupt
+            return batches(epoch)
+
+        return epoch_batches
 
     with monkeypatch.context() as patch:
-        patch.setattr(finetune, "batches", killed_in_epoch_2)
+        patch.setattr(finetune, "clip_batches", killed_in_epoch_2)
         assert finetune.main(argv) == 130
     capsys.readouterr()
     state = out.with_suffix(".state.pt")

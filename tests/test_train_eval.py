@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from vidconv_deploy import build_model
 from vidconv_deploy.cli.evaluate import main as eval_main
 from vidconv_deploy.cli.export import main as export_main
-from vidconv_deploy.train.loop import batches
+from vidconv_deploy.data.loader import clip_batches
 from vidconv_deploy.data.dataset import protocol_for, train_clips
 from vidconv_deploy.data.sources import open_split
 from vidconv_deploy.evaluate.classifiers import bundle_classifiers
@@ -33,13 +33,12 @@ class Killed(Exception):
 def tiny_training(dataset_dir, epochs, state_path=None, kill_at_epoch=None):
     torch.manual_seed(0)
     model = build_model("vic-nano", **TINY)
-    data = train_clips(dataset_dir, 9, 32, seed=0, progress=False)
+    loader = clip_batches(train_clips(dataset_dir, 9, 32, seed=0, progress=False), 4)
 
     def epoch_batches(epoch):
         if epoch == kill_at_epoch:
             raise Killed
-        data.set_epoch(epoch)
-        return batches(data, 4)
+        return loader(epoch)
 
     state = fit(model, TrainConfig(epochs=epochs, steps_per_epoch=5, lr=3e-3, warmup_epochs=0.2), epoch_batches,
                 lambda m, x, y: F.cross_entropy(m(x), y), state_path=state_path)

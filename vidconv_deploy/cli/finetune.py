@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -31,8 +32,10 @@ from rich.console import Console
 from vidconv_deploy.atomic import write_text
 from vidconv_deploy.checkpoints import load_model, save_checkpoint
 from vidconv_deploy.cli.common import run_main
-from vidconv_deploy.cli.training_flags import EXIT_CODES, RUNS, check_out, check_training_flags
+from vidconv_deploy.cli.training_flags import (EXIT_CODES, RUNS, add_runtime_flags, check_out, check_training_flags,
+                                               merge_skips, runtime_of)
 from vidconv_deploy.data.dataset import EvalClips, TrainClips, protocol_for
+from vidconv_deploy.data.loader import clip_batches
 from vidconv_deploy.data.sources import NO_LABEL, VideoSource, list_digest, open_split, scan_folder
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.evaluate.classifiers import TorchClassifier
@@ -40,8 +43,9 @@ from vidconv_deploy.evaluate.sharded import score_split
 from vidconv_deploy.models.config import split_arch
 from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv
-from vidconv_deploy.train.loop import Settings, TrainConfig, batches, fit, open_state
+from vidconv_deploy.train.loop import Settings, TrainConfig, fit, open_state
 from vidconv_deploy.train.losses import DistillLoss
+from vidconv_deploy.train.runtime import Runtime, on_device, process_group
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -61,8 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                  f"{RUNS}/<arch>-finn-<bits>.safetensors with --qat)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in OUT.state.pt; it must have been started with the same --teacher, "
-                             "--student, --qat, --bits, --init, --clips, --epochs, --batch, --lr and --seed "
-                             "(a difference is an error)")
+                             "--student, --qat, --bits, --init, --clips, --epochs, --batch, --lr, --seed, --amp and "
+                             "--sync-bn (a difference is an error)")
+    add_runtime_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -98,7 +103,8 @@ def settings_of(args: argparse.Namespace, source: VideoSource) -> Settings:
     return {"--teacher": str(args.teacher.resolve()), "--student": args.student or "", "--qat": args.qat,
             "--bits": args.bits if args.qat else "", "--init": str(args.init.resolve()) if args.init else "",
             "--clips": str(args.clips.resolve()), "--clips videos": list_digest(source, args.clips),
-            "--epochs": args.epochs, "--batch": args.batch, "--lr": args.lr, "--seed": args.seed}
+            "--epochs": args.epochs, "--batch": args.batch, "--lr": args.lr, "--seed": args.seed, "--amp": args.amp,
+            "--sync-bn": args.sync_bn}
 
 
 def dpu_student(args: argparse.Namespace, teacher: VidConv) -> VidConv:
@@ -138,6 +144,15 @@ def usable_test_videos(folder: Path, frames: int, image_size: tuple[int, int]) -
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     check_args(args)
+    runtime = runtime_of(args)
+    runtime.batch_per_process(args.batch)
+    with process_group(runtime):
+        return _finetune(args, runtime)
+
+
+def _finetune(args: argparse.Namespace, runtime: Runtime) -> int:
+    """Distil (or QAT), then rank 0 scores the test split and writes the student and its card, in each process."""
+    world = runtime.world
     teacher, _ = load_model(args.teacher)
     teacher.eval().requires_grad_(False)
     if args.qat:
@@ -173,25 +188,29 @@ def _main(argv: Sequence[str] | None) -> int:
     # QAT: logits only (the FINN student has no float features to match), full-weight cross-entropy.
     criterion = DistillLoss(label_weight=1.0) if args.qat else DistillLoss()
 
-    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        dataset.set_epoch(epoch)
-        return batches(dataset, args.batch)
+    loader = clip_batches(dataset, runtime.batch_per_process(args.batch), world.rank, world.size, args.workers,
+                          pin_memory=runtime.device.type == "cuda")
+    teacher.to(runtime.device, memory_format=torch.channels_last)
 
-    def loss(model: torch.nn.Module, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(forward: Callable[[torch.Tensor], Any], clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         known = labels if bool((labels != NO_LABEL).all()) else None
         if args.qat:
             with torch.no_grad():
                 target = teacher(clips)
-            return criterion(model(clips).value, target, labels=known)
+            return criterion(forward(clips).value, target, labels=known)
         with torch.no_grad():
             t_logits, t_features = teacher.forward_with_features(clips)
-        s_logits, s_features = model.forward_with_features(clips)
+        s_logits, s_features = forward(clips)
         return criterion(s_logits, t_logits, s_features, t_features, known)
 
     start = time.perf_counter()
-    state = fit(student, config, epoch_batches, loss, state_path, settings=settings, resume=resume,
+    state = fit(student, config, loader, loss, state_path, settings=settings, resume=resume, runtime=runtime,
+                method="forward" if args.qat else "forward_with_features",
                 description=f"{'QAT of' if args.qat else 'distilling'} {name} from {teacher.cfg.arch}")
     minutes = (time.perf_counter() - start) / 60
+    merge_skips(dataset.skips)
+    if not world.main:
+        return 0
     made_with = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
                          if v is not None and v is not False and k != "resume")
     card = {"name": name, "weights": out.name, "config": cfg.to_dict(),
@@ -199,14 +218,15 @@ def _main(argv: Sequence[str] | None) -> int:
                                "student_init": str(args.init or args.teacher) if args.qat else str(args.teacher)},
             "data": {"folder": str(args.clips), "skipped_videos": dataset.skips.to_dict()},
             "training": {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-                         "loss": recipe, "minutes": round(minutes, 1), "machine": f"{torch.get_num_threads()} CPU threads",
+                         "amp": args.amp, "loss": recipe, "minutes": round(minutes, 1), "machine": runtime.describe(),
                          "history": state.history},
             "made_with": f"vidconv-finetune {made_with}"}
     if args.qat:
         card["bits"] = str(student.bits)
     if tests is not None:  # scored before anything is written: a failure leaves no weights without a card
         scores, _ = score_split([item for item, _ in tests.videos],
-                                lambda: {"student": TorchClassifier(student), "teacher": TorchClassifier(teacher)},
+                                lambda: {"student": TorchClassifier(on_device(student, runtime.device)),
+                                         "teacher": TorchClassifier(on_device(teacher, runtime.device))},
                                 tests.protocol, tests.image_size)
         if not len(scores["student"].labels):
             raise UserError(f"no video of the test split of {args.clips} could be decoded: "
@@ -214,7 +234,7 @@ def _main(argv: Sequence[str] | None) -> int:
         card["accuracy"] = {"test": {name: {"top1": round(s.topk(1), 2), "top5": round(s.topk(5), 2), "videos": len(s.labels)}
                                      for name, s in scores.items()}}
         card["accuracy"]["test"]["top1_agreement_with_teacher"] = round(scores["student"].agreement(scores["teacher"]), 2)
-    save(student, out)
+    save(student.cpu(), out)
     write_text(out.with_suffix(".yaml"), yaml.safe_dump(card, sort_keys=False))
     Console().print(f"{name} {'QAT' if args.qat else 'distilled'} from {teacher.cfg.arch} in {minutes:.1f} min -> {out}"
                     + (f"; test top-1 {card['accuracy']['test']['student']['top1']:.1f}% (teacher "

@@ -1,14 +1,18 @@
 """What vidconv-train and vidconv-finetune share on the command line: where runs go, the exit codes they
-document, and the checks that refuse flags which would train nothing or write to the wrong place."""
+document, where they compute (device, mixed precision, loader workers, torchrun's processes), and the
+checks that refuse flags which would train nothing or write to the wrong place."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from pathlib import Path
 
 from vidconv_deploy.atomic import cannot_create_in, nearest_existing
+from vidconv_deploy.data.dataset import SkipReport
 from vidconv_deploy.errors import UserError
+from vidconv_deploy.train.runtime import Runtime, all_gather, start_runtime
 
 EXIT_CODES = """exit codes:
   0    trained: the weights and the model card are written
@@ -45,3 +49,39 @@ def check_out(out: Path) -> None:
         raise UserError(f"--out {out} is under {folder}, which is a file: choose another --out")
     if not os.access(folder, os.W_OK | os.X_OK) or cannot_create_in(folder) is not None:
         raise UserError(f"cannot write into {folder}: choose a writable --out")
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--amp``, ``--workers``, ``--sync-bn``: where and how a run computes, in one or several processes."""
+    group = parser.add_argument_group("where it computes (several GPUs or nodes: start it with torchrun, see the README's "
+                                      "'Training at scale'; --batch is then split over the processes)")
+    group.add_argument("--device", default="auto", help="auto (a CUDA GPU if PyTorch sees one, else the CPU), cpu or cuda "
+                                                        "(default auto)")
+    group.add_argument("--amp", action="store_true",
+                       help="mixed precision: the forward pass in bfloat16 (float16 with loss scaling on GPUs older than "
+                            "Ampere); it changes the numbers, so a resumed run must repeat it")
+    group.add_argument("--workers", type=int, default=0,
+                       help="processes decoding videos beside each training process (default 0: the training process "
+                            "decodes); a GPU needs several, e.g. --workers 8")
+    group.add_argument("--sync-bn", action="store_true",
+                       help="BatchNorm statistics over the whole batch of every GPU of the run instead of each GPU's "
+                            "share (CUDA; the hardware variants have BatchNorm)")
+
+
+def runtime_of(args: argparse.Namespace) -> Runtime:
+    """The runtime the flags ask for, in the processes torchrun started (one without torchrun); refused before any work."""
+    if args.workers < 0:
+        raise UserError(f"--workers {args.workers} is negative: give 0 (decode in the training process) or more")
+    return start_runtime(args.device, args.amp, args.sync_bn)
+
+
+def merge_skips(skips: SkipReport) -> None:
+    """Add the videos the other processes of the run found bad to ``skips``, for rank 0's model card.
+
+    A collective: every process of the run calls it (nothing to add in a run of one).
+    """
+    for files in all_gather(skips.files):
+        for reason, names in files.items():
+            for name in names:
+                if name not in skips:
+                    skips.add(name, reason, "found by another process of the run")

@@ -139,16 +139,29 @@ class TrainClips(_VideoClips):
         """Choose the epoch whose order and clips the next iteration yields."""
         self.epoch = epoch
 
+    def clip(self, epoch: int, index: int) -> tuple[torch.Tensor, int]:
+        """Video ``index``'s clip in ``epoch`` and its label; raises :class:`BadVideo` (unrecorded) for a bad file.
+
+        What iteration yields for that video, whatever the order: ``vidconv_deploy.data.loader`` serves
+        the clips by index to the processes and workers of a run, and records the bad files itself.
+        """
+        item, info = self.videos[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        indices = train_indices(self.protocol, info.num_frames, rng)
+        return load_clips(item.path, indices, self.image_size, self.short_side), item.label
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.videos))
         for index in self._shard(order):
-            item, info = self.videos[index]
+            item, _ = self.videos[index]
             if item.path in self.skips:
                 continue
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            clip = self._load(int(index), train_indices(self.protocol, info.num_frames, rng))
-            if clip is not None:
-                yield clip, item.label
+            try:
+                clip = self.clip(self.epoch, int(index))
+            except BadVideo as bad:
+                self.skips.add(item.path, bad.reason, bad.detail)
+                continue
+            yield clip
 
 
 class EvalClips(_VideoClips):

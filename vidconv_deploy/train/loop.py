@@ -1,8 +1,10 @@
-"""One training loop for training, distillation and QAT: progress bar, schedule, resumable state.
+"""One training loop for training, distillation and QAT: progress bar, schedule, resumable state, on the
+CPU or a GPU, in one process or several (torchrun and DistributedDataParallel: see ``runtime``).
 
-The state (weights, optimizer, schedule, epoch, history, RNG, and the run's settings) is saved
-atomically after every epoch and loaded with ``weights_only=True``, so a run that is killed resumes
-where it stopped and a state file from elsewhere can never run code. The settings (data folder,
+The state (weights, optimizer, schedule, loss scale, epoch, history, RNG, and the run's settings) is
+saved atomically after every epoch (by rank 0; every process of a run reads it to resume) and
+loaded with ``weights_only=True``, so a run that is killed resumes where it stopped and a state
+file from elsewhere can never run code. The settings (data folder,
 architecture, hyper-parameters) are stored so that a resumed run can prove it continues the same
 run: resuming with other settings would train a model that no model card could describe.
 """
@@ -10,22 +12,26 @@ run: resuming with other settings would train a model that no model card could d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from vidconv_deploy.atomic import atomic_path
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.progress import progress_bar
 from vidconv_deploy.train.optim import adamw, warmup_cosine
+from vidconv_deploy.train.runtime import Runtime, all_gather, all_sum, main_process
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-#: ``loss_fn(model, clips, labels) -> scalar loss``: what one step minimises.
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: A process's batch once its share of the epoch ran out (or every video of a step was bad): no clip.
+NO_BATCH: Batch = (torch.empty(0), torch.empty(0, dtype=torch.long))
+#: ``loss_fn(forward, clips, labels) -> scalar loss``: what one step minimises; ``forward(clips)`` runs the model.
+LossFn = Callable[[Callable[[torch.Tensor], Any], torch.Tensor, torch.Tensor], torch.Tensor]
 #: What defines a run, as the command line names it: ``{"--lr": 0.002, "--data": "/abs/path", ...}``.
 #: Values are str, int, float or bool, which ``torch.load(weights_only=True)`` reads back.
 Settings = Mapping[str, str | int | float | bool]
@@ -66,12 +72,15 @@ class SavedRun:
         return self.epochs is not None and self.epoch >= self.epochs
 
 
-def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState,
-                epochs: int, settings: Settings | None) -> None:
+def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                scaler: torch.amp.GradScaler, state: TrainState, epochs: int, settings: Settings | None) -> None:
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "epoch": state.epoch, "epochs": epochs, "history": state.history,
+             "rng": torch.get_rng_state(), "settings": None if settings is None else dict(settings)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # drop path on a GPU draws from its generator
+        saved["cuda_rng"] = torch.cuda.get_rng_state()
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "epoch": state.epoch, "epochs": epochs, "history": state.history, "rng": torch.get_rng_state(),
-                    "settings": None if settings is None else dict(settings)}, tmp)
+        torch.save(saved, tmp)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -133,7 +142,7 @@ def open_state(path: Path, resume: bool, settings: Settings) -> bool:
     file there is nothing to continue and the run starts afresh, with a note.
     """
     run = saved_run(path)
-    notes = Console(stderr=True)
+    notes = Console(stderr=True, quiet=not main_process())  # every process of a run reads the state; one speaks
     if run is None:
         if resume:
             notes.print(f"no state at {path}: starting afresh")
@@ -150,7 +159,7 @@ def open_state(path: Path, resume: bool, settings: Settings) -> bool:
 
 
 def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                settings: Settings | None) -> TrainState:
+                scaler: torch.amp.GradScaler, settings: Settings | None, device: torch.device) -> TrainState:
     saved = _read(path)
     if settings is not None:
         check_settings(path, saved.get("settings"), settings)
@@ -158,10 +167,43 @@ def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):  # an empty dict: the run did not scale its loss
+            scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng"])
+        if device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
     except Exception as err:  # any unreadable or foreign file: one line, the fix
         raise UserError(f"cannot resume from {path}: {str(err).splitlines()[0][:200]}; delete it to start afresh") from None
     return TrainState(epoch=int(saved["epoch"]), history=list(saved["history"]))
+
+
+class _Method(nn.Module):
+    """One method of a model as a module's forward: DDP averages the gradients only of what runs through its own
+    forward, and distillation trains through ``forward_with_features``."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, clips: torch.Tensor) -> Any:
+        return getattr(self.model, self.method)(clips)
+
+
+def _forward(model: nn.Module, method: str, runtime: Runtime) -> Callable[[torch.Tensor], Any]:
+    """What the loss calls: ``model.method`` in a world of one, through DistributedDataParallel in a world of several."""
+    if runtime.world.size == 1:
+        return getattr(model, method)
+    device_ids = [runtime.device] if runtime.device.type == "cuda" else None
+    return DistributedDataParallel(_Method(model, method), device_ids=device_ids)
+
+
+def _agree(path: Path, epoch: int) -> None:
+    """Every process resumed from the same epoch (each reads the state file: it must see the same one)."""
+    epochs = all_gather(epoch)
+    if len(set(epochs)) > 1:
+        raise UserError(f"the processes of this run see different states in {path} (epochs done: "
+                        f"{', '.join(map(str, epochs))}): put --out on a folder every node sees, or delete the file")
 
 
 def fit(
@@ -174,60 +216,81 @@ def fit(
     description: str = "training",
     settings: Settings | None = None,
     resume: bool = True,
+    runtime: Runtime = Runtime(),
+    method: str = "forward",
 ) -> TrainState:
-    """Train ``model`` for ``cfg.epochs`` epochs; ``batches(epoch)`` yields that epoch's (clips, labels).
+    """Train ``model`` for ``cfg.epochs`` epochs; ``batches(epoch)`` yields this process's (clips, labels) of that epoch.
 
-    With ``state_path`` the state is rewritten after each epoch and, if ``resume``, the run continues
-    from that file when it exists (``resume=False`` starts afresh and replaces it; see
+    ``loss_fn(forward, clips, labels)`` gets ``forward``, which runs ``model.<method>`` on the
+    runtime's device (under autocast with ``--amp``, through DistributedDataParallel when torchrun
+    started several processes). Each process's loss is weighted by its share of the step's clips, so
+    the averaged gradient is the mean over every clip of the step; a step in which some process has
+    no clip (all of its videos bad) is skipped by every process. The epoch's loss is the mean over
+    the steps of each step's loss over all its clips.
+
+    With ``state_path`` the state is rewritten (by rank 0) after each epoch and, if ``resume``, the
+    run continues from that file when it exists (``resume=False`` starts afresh and replaces it; see
     :func:`open_state`). ``settings`` are stored in the state and, when resuming, must equal the
-    stored ones (:func:`check_settings`). ``on_epoch_end(epoch, model)`` may return figures (e.g.
-    validation accuracy) for the history.
+    stored ones (:func:`check_settings`). ``on_epoch_end(epoch, model)`` runs in every process and
+    may return figures (e.g. validation accuracy) for the history.
     """
-    # Channels-last weights make PyTorch's CPU convs (the depthwise ones above all) 2-4x faster here.
-    model.to(memory_format=torch.channels_last)
+    world, device = runtime.world, runtime.device
+    if runtime.sync_bn and world.size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # Channels-last weights make convs faster: PyTorch's CPU ones (the depthwise above all) 2-4x here, and
+    # tensor-core convs on GPUs take channels-last as they are.
+    model.to(device, memory_format=torch.channels_last)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor)
     total = cfg.epochs * cfg.steps_per_epoch
     scheduler = warmup_cosine(optimizer, max(1, round(cfg.warmup_epochs * cfg.steps_per_epoch)), total)
+    scaler = runtime.grad_scaler()
     state = TrainState()
     if resume and state_path is not None and state_path.exists():
-        state = _load_state(state_path, model, optimizer, scheduler, settings)
+        state = _load_state(state_path, model, optimizer, scheduler, scaler, settings, device)
+    if state_path is not None and world.size > 1:
+        _agree(state_path, state.epoch)
+    forward = _forward(model, method, runtime)
     with progress_bar() as progress:
+        progress.disable = not world.main  # one bar per run, not one per process
         task = progress.add_task(description, total=total, completed=state.epoch * cfg.steps_per_epoch, info="")
         for epoch in range(state.epoch, cfg.epochs):
             model.train()
-            losses: list[float] = []
-            for step, (clips, labels) in enumerate(batches(epoch)):
-                if step == cfg.steps_per_epoch:
-                    break
-                loss = loss_fn(model, clips, labels)
+            losses: list[float] = []  # this process's, for the bar
+            step_losses = 0.0  # this process's part of the sum over steps of each step's loss over all its clips
+            steps = 0
+            epoch_batches = iter(batches(epoch))
+            for _ in range(cfg.steps_per_epoch):  # as many steps in every process, even one whose share ran out
+                clips, labels = next(epoch_batches, NO_BATCH)
+                counts = [0.0] * world.size
+                counts[world.rank] = float(len(labels))
+                counts = all_sum(counts)
+                progress.update(task, advance=1)
+                if min(counts) == 0:
+                    continue
+                share = len(labels) / sum(counts)  # this process's share of the step's clips
+                clips = clips.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                with runtime.autocast():
+                    loss = loss_fn(forward, clips, labels)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages the processes' gradients: weighting by share * processes makes that the mean over all clips.
+                scaler.scale(loss * (share * world.size)).backward()
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 losses.append(loss.item())
-                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {sum(losses) / len(losses):.3f}")
-            record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses))}
+                step_losses += losses[-1] * share
+                steps += 1
+                progress.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} loss {sum(losses) / len(losses):.3f}")
+            record = {"epoch": epoch + 1, "loss": all_sum([step_losses])[0] / max(1, steps)}
             if on_epoch_end is not None:
                 model.eval()
                 record.update(on_epoch_end(epoch, model))
             state.history.append(record)
             state.epoch = epoch + 1
-            if state_path is not None:
-                _save_state(state_path, model, optimizer, scheduler, state, cfg.epochs, settings)
+            if state_path is not None and world.main:
+                _save_state(state_path, model, optimizer, scheduler, scaler, state, cfg.epochs, settings)
     model.eval()
     return state
-
-
-def batches(dataset: Iterable[tuple[torch.Tensor, int]], batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Stack the dataset's clips into ``(B, L, 3, H, W)`` batches (the last one may be short)."""
-    clips: list[torch.Tensor] = []
-    labels: list[int] = []
-    for clip, label in dataset:
-        clips.append(clip)
-        labels.append(label)
-        if len(clips) == batch:
-            yield torch.stack(clips), torch.tensor(labels)
-            clips, labels = [], []
-    if clips:
-        yield torch.stack(clips), torch.tensor(labels)
