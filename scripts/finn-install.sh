@@ -18,15 +18,9 @@
 set -euo pipefail
 PY="${1:-python}"
 
-pinned() {
-  "$PY" - <<'PYEOF'
-from importlib import metadata
-for name in ("torch", "onnx", "onnxruntime", "protobuf", "numpy", "brevitas", "qonnx"):
-    print(name, metadata.version(name))
-PYEOF
-}
-
-before="$(pinned)"
+source "$(dirname "$0")/pinned.sh"
+PINNED=(torch onnx onnxruntime protobuf numpy brevitas qonnx)
+before="$(pinned "${PINNED[@]}")"
 "$PY" -m pip install --no-deps "finn-plus==1.6.1"
 log="$(mktemp)"
 if ! "$PY" -m pip install "pydantic>2.0" "scipy>=1.17,<1.18" "onnxoptimizer>=0.4.2,<0.5.0" \
@@ -36,12 +30,7 @@ fi
 # pip lists finn-plus's own pins as conflicts; they are exactly what --no-deps leaves out (see above).
 grep -v -e "^finn-plus 1.6.1 requires" -e "dependency resolver does not currently take into account" "$log" >&2 || true
 rm -f "$log"
-after="$(pinned)"
-if [[ "$before" != "$after" ]]; then
-  echo "finn-install: the install changed pinned packages:" >&2
-  diff <(echo "$before") <(echo "$after") >&2 || true
-  exit 1
-fi
+unchanged finn-install "$before" "${PINNED[@]}"
 "$PY" -c "import finn.transformation.fpgadataflow.specialize_layers, finn.builder.build_dataflow_config, onnxoptimizer"
 echo "finn-plus $("$PY" -c 'from importlib import metadata; print(metadata.version("finn-plus"))') installed; pinned packages unchanged:"
-echo "$after"
+pinned "${PINNED[@]}"

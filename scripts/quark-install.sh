@@ -19,18 +19,9 @@
 set -euo pipefail
 PY="${1:-python}"
 
-pinned() {
-  "$PY" - <<'PYEOF'
-from importlib import metadata
-for name in ("torch", "onnx", "onnxruntime", "protobuf", "numpy", "brevitas", "qonnx", "finn-plus"):
-    try:
-        print(name, metadata.version(name))
-    except metadata.PackageNotFoundError:
-        print(name, "absent")
-PYEOF
-}
-
-before="$(pinned)"
+source "$(dirname "$0")/pinned.sh"
+PINNED=(torch onnx onnxruntime protobuf numpy brevitas qonnx finn-plus)
+before="$(pinned "${PINNED[@]}")"
 log="$(mktemp)"
 if ! "$PY" -m pip install "joblib>=1.4" "tqdm>=4.66" "psutil>=5.9" "onnxslim>=0.1.84" "ninja>=1.11" 2>"$log" \
   || ! "$PY" -m pip install --no-deps "amd-quark==0.13" 2>>"$log"; then
@@ -41,13 +32,8 @@ fi
 grep -v -e "^amd-quark 0.13 requires" -e "^finn-plus 1.6.1 requires" \
   -e "dependency resolver does not currently take into account" "$log" >&2 || true
 rm -f "$log"
-after="$(pinned)"
-if [[ "$before" != "$after" ]]; then
-  echo "quark-install: the install changed pinned packages:" >&2
-  diff <(echo "$before") <(echo "$after") >&2 || true
-  exit 1
-fi
+unchanged quark-install "$before" "${PINNED[@]}"
 # Import through our package: it points TORCH_EXTENSIONS_DIR into the venv, and Quark compiles its ops there.
 "$PY" -c "from vidconv_deploy.quark.env import import_quark; import_quark()" >/dev/null
 echo "amd-quark $("$PY" -c 'from importlib import metadata; print(metadata.version("amd-quark"))') installed; pinned packages unchanged:"
-echo "$after"
+pinned "${PINNED[@]}"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stamp=.venv/.installed
-want=$(cat pyproject.toml scripts/venv.sh scripts/finn-install.sh scripts/quark-install.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/venv.sh scripts/finn-install.sh scripts/quark-install.sh scripts/pinned.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 [ -x .venv/bin/python ] || python3.11 -m venv .venv
 py=.venv/bin/python
