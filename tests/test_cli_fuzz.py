@@ -91,7 +91,8 @@ def export_vocabulary(files: dict[str, str]) -> tuple[list[list[str]], list[list
              ["--image-size", "32"], ["--image-size", "64"], ["--grid", "2x2"], ["--grid", "3x3"], ["--calib", "@data"],
              ["--eval", "@data"], ["--calib-clips", "1"], ["--bits", "w4a4"], ["--fps", "30"],
              ["--start-from", "export_float"], ["--stop-after", "rewrite"], ["--dpu-arch", "B3136"],
-             ["--fingerprint", "0x101000016010406"], ["--arch-json", "@archjson"], ["--crosscheck", "quark"]]
+             ["--fingerprint", "0x101000016010406"], ["--arch-json", "@archjson"], ["--crosscheck", "quark"],
+             ["--quant-recovery", "none"], ["--quant-recovery", "bias_correction"]]
     bad: list[list[str]] = [["-h"], ["--bogus-flag"], ["positional"], ["--target"]]
     bad += [["--target", t] for t in TARGETS[5:]]
     bad += [["--arch", a] for a in ("vic-z", "VIC-NANO", "vic-nanö", "")]
@@ -111,6 +112,7 @@ def export_vocabulary(files: dict[str, str]) -> tuple[list[list[str]], list[list
     bad += [["--fingerprint", f] for f in ("0x", "zz", "0x1", "-1")]
     bad += [["--arch-json", f"@{k}"] for k in ("missing", "random", "folder", "empty")]
     bad += [["--crosscheck", c] for c in ("QUARK", "vai_q", "")]
+    bad += [["--quant-recovery", r] for r in ("adaround", "BIAS_CORRECTION", "")]
     resolve = lambda choices: [[files[c[1:]] if c.startswith("@") else c for c in choice] for choice in choices]  # noqa: E731
     return resolve(good), resolve(bad)
 
