@@ -5,6 +5,7 @@ and the peak-throughput bound."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ class DpuExport:
     dpu: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: crosscheck.json of ``--crosscheck quark`` (None when it did not run).
     crosscheck: dict[str, Any] | None = None
+    #: The sensitivity step's manifest record (None when it did not run).
+    sensitivity: dict[str, Any] | None = None
 
 
 def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], accuracy: list[dict] | None = None
@@ -90,6 +93,9 @@ def dpu_report(bundle: Bundle, result: DpuExport, model_facts: dict[str, Any], a
         report.section("Accuracy").accuracy_table(accuracy)
     if result.crosscheck:
         crosscheck_section(report, result.crosscheck, accuracy)
+
+    if result.sensitivity:
+        sensitivity_section(report, result.sensitivity)
 
     report.section("Compile (Vitis AI)")
     compiled = result.compile
@@ -153,6 +159,41 @@ def crosscheck_section(report: Report, crosscheck: dict[str, Any], accuracy: lis
 def _db(value: float | None) -> str:
     """A logit SQNR: None (the manifest's spelling of +inf) is a quantization that changed no logit."""
     return "no error" if value is None or value == math.inf else f"{value:.1f}"
+
+
+def sensitivity_section(report: Report, sens: dict[str, Any], rows: int = 10) -> None:
+    """Which tensors cost the accuracy: each alone in INT8 and each left float, the worst with what to do."""
+    labelled = sens["labelled"]
+    int8 = sens["int8"]
+    report.section("Sensitivity: which tensors cost the accuracy").text(
+        f"On {sens['source']}, through the whole streaming split (ONNX Runtime, the bundle's QDQ graphs): each "
+        "quantized tensor, weight, bias and DPU approximation alone in INT8 (everything else float), and left float "
+        "(everything else INT8), scored by the logits' SQNR against float and top-1 agreement with float"
+        + (f", and top-1 (float {sens['float_top1']:.1f} %)" if labelled else "") + ". All INT8: SQNR "
+        f"{_db(int8['sqnr_db'])} dB, agreement {int8['top1_agreement']:.1f} %"
+        + (f", top-1 {int8['top1']:.1f} %" if labelled else "") + ". Full figures: manifest.json `sensitivity`.")
+    report.image("report_files/sensitivity.png", "logit SQNR with only this tensor INT8, graph order (worst in red)")
+    headers = ["rank", "graph", "tensor", "kind", "fix point", "alone: SQNR dB", "alone: agree %",
+               "kept float: SQNR dB", "kept float: gain dB", "kept float: agree %"]
+    if labelled:
+        headers += ["alone: top-1 %", "kept float: top-1 %"]
+    table = []
+    for rank, t in enumerate(sens["ranked"][:rows], 1):
+        alone, kept = t["alone"], t["kept_float"]
+        row = [rank, t["graph"], t["tensor"], t["kind"], "-" if t["fix_point"] is None else t["fix_point"], _db(alone["sqnr_db"]),
+               alone["top1_agreement"], _db(kept["sqnr_db"]), _db(t["recovery_db"]), kept["top1_agreement"]]
+        table.append(row + ([alone["top1"], kept["top1"]] if labelled else []))
+    report.table(headers, table)
+    report.text("What to do about the worst on the DPU. A CPU subgraph computes its op in float (its weights stay "
+                "float) but takes and hands back int8 feature maps: it removes the weight's and the op's "
+                "quantization, not that of the tensors crossing.")
+    report.table(["tensor", "what to try", "moved to the CPU: subgraphs", "bytes DPU -> CPU / CPU -> DPU per run",
+                  "DPU ms freed per run", "MACs on the CPU"],
+                 [[f"{a['graph']}:{a['tensor']} ({a['kind']})", a["advice"],
+                   *([", ".join(f"{d} {n}" for d, n in a["cpu"]["subgraphs"].items()),
+                      f"{a['cpu']['dpu_to_cpu_bytes']} / {a['cpu']['cpu_to_dpu_bytes']}", a["cpu"]["dpu_ms_freed"],
+                      a["cpu"]["macs"]] if "cpu" in a else ["not an op on the DPU", "-", "-", "-"])]
+                  for a in sens["advice"]])
 
 
 def performance_section(report: Report, performance: dict[str, Any]) -> None:

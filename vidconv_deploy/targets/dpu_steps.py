@@ -25,6 +25,7 @@ from vidconv_deploy.dpu.compile import COMPILE_DIR, STEP as COMPILE_STEP
 from vidconv_deploy.dpu.report import DpuExport, dpu_report
 from vidconv_deploy.dpu.perf_model import save_layer_chart, streaming_performance
 from vidconv_deploy.dpu.throughput import peak_throughput
+from vidconv_deploy.evaluate.sensitivity import advice, labelled_clips, save_sensitivity_plot, sensitivity
 from vidconv_deploy.quant import quantize_onnx, write_quant_info
 from vidconv_deploy.quant.qdq import QuantResult
 from vidconv_deploy.quark.crosscheck import ARTIFACT as CROSSCHECK_ARTIFACT, DIRECTORY as CROSSCHECK_DIR, crosscheck_graphs
@@ -192,7 +193,8 @@ def step_dpu_report(ctx: ExportContext, run: StepRun) -> None:
     compiled = ctx.fields.get("compile") or {"ran": False, "reason": "this target's recipe has no compile_xmodel step"}
     result = DpuExport(ctx.fields["verification"], ctx.fields["compliant"], ctx.value("partition"),
                        ctx.value("reference"), ctx.value("layers"), compiled, throughput, performance,
-                       ctx.target.ruleset.data["arch"], _crosscheck_with_accuracy(ctx))
+                       ctx.target.ruleset.data["arch"], _crosscheck_with_accuracy(ctx),
+                       sensitivity=ctx.fields.get("sensitivity"))
     dpu_report(ctx.bundle, result, {"arch": cfg.arch, "weights": ctx.weights["source"],
                                           "verdict": ctx.verdict.to_dict()}, ctx.fields.get("accuracy"))
     ctx.bundle.record_report()
@@ -232,3 +234,29 @@ def step_crosscheck_quark(ctx: ExportContext, run: StepRun) -> None:
     ctx.fields["crosscheck"] = result.summary()
     run.record.update({g: {"position_diffs": len(c.positions), "tensors_differing": sum(1 for t in c.outputs if t.differing)}
                        for g, c in result.graphs.items()}, unexplained=len(result.unexplained()))
+
+
+@step("sensitivity", "sensitivity")
+def step_sensitivity(ctx: ExportContext, run: StepRun) -> None:
+    """Per quantized tensor, the logit cost of quantizing it alone and of leaving it float, on the recipe's
+    ``sensitivity.clips`` clips (the --eval test split's, with labels, else the calibration set's), and what to
+    do about the worst on the DPU (vidconv_deploy/evaluate/sensitivity.py)."""
+    wanted = int(ctx.target.recipe.get("sensitivity", {}).get("clips", 0))
+    if wanted < 1:
+        run.not_run(f"the recipe's sensitivity.clips is {wanted}: give 1 or more to run it")
+        return
+    cfg, graphs = ctx.model.cfg, ctx.value("graphs")
+    if ctx.options.eval is not None:
+        clips, labels = labelled_clips(ctx.options.eval, cfg.frames, tuple(cfg.image_size), wanted)
+        source = f"{len(clips)} test clips of {ctx.options.eval} (first view of each video)"
+    else:
+        clips, labels = ctx.value("calibration")["clips"][:wanted], None
+        source = f"the first {min(wanted, len(ctx.value('calibration')['clips']))} calibration clips"
+    result = sensitivity(graphs, ctx.value("quant"), cfg.grid, clips, labels, progress=run.subtask)
+    ctx.fields["sensitivity"] = {"source": source, **result.to_dict(),
+                                 "advice": advice(result, graphs, ctx.target.ruleset, ctx.value("performance"))}
+    ctx.directory.joinpath("report_files").mkdir(exist_ok=True)
+    save_sensitivity_plot(result, ctx.directory / "report_files" / "sensitivity.png",
+                          f"{cfg.arch}: logit SQNR vs float with only this tensor INT8 (worst in red)")
+    worst = result.ranked[0]
+    run.record.update(clips=result.clips, tensors=len(result.tensors), most_sensitive=f"{worst.graph}:{worst.tensor}")
