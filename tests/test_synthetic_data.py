@@ -1,4 +1,5 @@
-"""The synthetic motion dataset: reversal pairs, motion semantics, determinism, the folder layout and the CLI."""
+"""The synthetic motion dataset, easy (v2) and hard (v3): reversal pairs, motion semantics, determinism, the
+folder layout, the clip sampler on hard videos and the CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 import torch
 
 from vidconv_deploy.cli.make_data import main
+from vidconv_deploy.data import synthetic_hard as hard
 from vidconv_deploy.data.dataset import eval_clips, train_clips
+from vidconv_deploy.data.sampling import SSV2, clip_span, eval_indices
 from vidconv_deploy.data.synthetic import (
     CLASSES,
     MOTIONS,
@@ -158,3 +161,66 @@ def test_cli_writes_and_regenerates(tmp_path: Path, capsys: pytest.CaptureFixtur
     for name in ("dataset.json", "train.txt", "val.txt", "test.txt", "classes.txt", "train/mine.mp4"):
         (tmp_path / name).unlink()
     assert main([*args, "--train", "1"]) == 0
+
+
+def test_hard_classes_come_in_reversal_pairs() -> None:
+    """Every hard class needs frame order: its video played backwards is exactly its partner class's video."""
+    assert len(hard.CLASSES) == 16 and len(set(hard.CLASSES)) == 16
+    assert [pair[0] for pair in hard.MOTIONS] == list(hard.CLASSES[::2])
+    for label in range(0, 16, 2):
+        forward = hard.render(label, 20, 32, np.random.default_rng(label))
+        backward = hard.render(reversed_class(label), 20, 32, np.random.default_rng(label))
+        assert forward.shape == (20, 32, 32, 3) and forward.dtype == np.uint8
+        np.testing.assert_array_equal(backward, forward[::-1])
+        assert not np.array_equal(forward, hard.render(label, 20, 32, np.random.default_rng(label + 100)))
+
+
+def test_hard_motions_are_fine_and_off_centre() -> None:
+    """Slow and fast keep a 1.5x gap, directions stay 33 degrees apart, and the action starts anywhere."""
+    starts, speeds, headings = [], {}, {}
+    for seed in range(40):
+        action = hard._action(80, np.random.default_rng(seed))
+        p = action.progress
+        assert 28 <= action.length <= 40 and np.all(np.diff(p) >= 0)
+        assert np.all(p[: action.start + 1] == 0) and np.all(p[action.start + action.length - 1:] == 1)
+        starts.append(action.start)
+        for motion in hard.MOVES:
+            path = hard._path(motion, action, 96, np.random.default_rng(seed))
+            dx, dy = path.cx[-1] - path.cx[0], path.cy[-1] - path.cy[0]
+            speeds.setdefault(motion, []).append(np.hypot(dx, dy) / 96 / action.length)
+            headings.setdefault(motion, []).append(np.degrees(np.arctan2(dy, dx)))
+            assert 0.15 * 96 - 1e-9 <= min(path.cx.min(), path.cy.min()) <= max(path.cx.max(), path.cy.max()) <= 0.85 * 96 + 1e-9
+    assert min(starts) <= 8 and max(starts) >= 36  # early and late, not centred (80 frames, centred would be ~22)
+    assert max(speeds["move_right_slow"]) <= 0.0065 < 0.0100 <= min(speeds["move_right_fast"])
+    for motion, (heading, _) in hard.MOVES.items():
+        assert np.all(np.abs(np.array(headings[motion]) - heading) <= hard.DIRECTION_JITTER + 1e-9), motion
+
+
+def test_ssv2_test_clips_cover_every_frame_of_hard_videos() -> None:
+    """The action may sit anywhere in a hard video: the two SSv2 test clips must together see all of it."""
+    for num_frames in range(hard.FRAMES[0], hard.FRAMES[1] + 1):
+        clips = eval_indices(SSV2, num_frames)
+        seen = {int(i) for start in clips[:, 0] for i in range(start, start + clip_span(SSV2.frames, 6))}
+        assert seen == set(range(num_frames)), num_frames
+
+
+def test_hard_generation_is_deterministic_and_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI and the library write the same bytes for the same seed (the jobs-independence is the easy test's)."""
+    args = ["--difficulty", "hard", "--seed", "3", "--train", "2", "--val", "1", "--test", "0", "--size", "32"]
+    assert main(["--out", str(tmp_path / "cli"), *args, "--jobs", "1"]) == 0
+    assert "3 videos (32x32, 64-96 frames at 12 fps" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "cli" / "dataset.json").read_text())
+    assert meta["generator_version"] == 3 and meta["difficulty"] == "hard" and meta["frames"] == {"min": 64, "max": 96}
+    assert meta["classes"] == list(hard.CLASSES) and meta["reversed_class"][:4] == [1, 0, 3, 2]
+    assert (tmp_path / "cli" / "classes.txt").read_text().split() == list(hard.CLASSES)
+    generate(tmp_path / "lib", SyntheticSpec(seed=3, train=2, val=1, test=0, size=32, difficulty="hard"), jobs=1)
+    for name in ("classes.txt", "dataset.json", *(f"{s}.txt" for s in SPLITS)):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes(), name
+    videos = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("*.mp4"))
+    assert len(videos) == 3
+    for rel in videos:
+        frames = decode_all(tmp_path / "cli" / rel)
+        assert frames.shape[1:] == (32, 32, 3) and 64 <= len(frames) <= 96
+        np.testing.assert_array_equal(frames, decode_all(tmp_path / "lib" / rel))
+    with pytest.raises(UserError, match="unknown difficulty 'medium': use one of easy, hard"):
+        SyntheticSpec(difficulty="medium")

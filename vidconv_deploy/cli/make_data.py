@@ -1,7 +1,10 @@
 """``vidconv-make-data``: write the synthetic motion dataset (real .mp4 files) for the vic-nano demo.
 
-Ten classes in time-reversed pairs (move right/left, down/up, rotate clockwise/counter-clockwise,
-grow/shrink, appear/disappear): only the order of the frames tells a class from its partner.
+Classes in time-reversed pairs: only the order of the frames tells a class from its partner.
+--difficulty easy (the default): ten classes (move right/left, down/up, rotate clockwise/counter-
+clockwise, grow/shrink, appear/disappear), one shape, 48-64 frames. --difficulty hard: sixteen
+(moves slow and fast, in four directions), 64-96 frames with the action at a random time,
+distractor shapes, camera pan and shake, occlusion, blur and noise.
 The folder gets ``train.txt``, ``val.txt``, ``test.txt`` (MMAction2 lists), ``classes.txt`` and
 ``dataset.json``; sample it with the SSv2 protocol, which ``dataset.json`` names.
 """
@@ -18,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vidconv_deploy.cli.common import run_main
-from vidconv_deploy.data.synthetic import SPLITS, SyntheticSpec, check_out_dir, generate
+from vidconv_deploy.data.synthetic import DIFFICULTIES, SPLITS, SyntheticSpec, check_out_dir, generate
 from vidconv_deploy.errors import UserError
 
 DEFAULTS = SyntheticSpec()
@@ -32,6 +35,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vidconv-make-data", description=__doc__.replace("``", ""), epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--difficulty", choices=tuple(DIFFICULTIES), default=DEFAULTS.difficulty,
+                        help=f"easy (generator version 2) or hard (version 3) (default {DEFAULTS.difficulty})")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"random seed (default {DEFAULTS.seed})")
     for split in SPLITS:
         parser.add_argument(f"--{split}", type=int, default=DEFAULTS.count(split), metavar="N",
@@ -62,7 +67,8 @@ def check_args(args: argparse.Namespace) -> None:
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     check_args(args)
-    spec = SyntheticSpec(seed=args.seed, train=args.train, val=args.val, test=args.test, size=args.size, fps=args.fps)
+    spec = SyntheticSpec(seed=args.seed, train=args.train, val=args.val, test=args.test, size=args.size, fps=args.fps,
+                         difficulty=args.difficulty)
     check_out_dir(args.out, args.force)  # refuse a wrong folder before the progress bar starts
     console = Console(stderr=True)
     total = sum(spec.count(s) for s in SPLITS)
@@ -75,7 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
         except OSError as err:  # e.g. the disk filled up: videos are written atomically, a rerun finds no half-written one
             raise UserError(f"cannot write the dataset into {args.out} ({err.strerror or err}): "
                             f"free some space or choose another --out, then run again") from None
-    table = Table(title=f"synthetic motion dataset in {result.out}")
+    table = Table(title=f"synthetic motion dataset ({spec.difficulty}) in {result.out}")
     for column in ("split", "videos", "list"):
         table.add_column(column)
     for split in SPLITS:

@@ -1,4 +1,9 @@
-"""A synthetic video dataset whose classes only temporal order tells apart.
+"""A synthetic video dataset whose classes only temporal order tells apart, in two difficulties.
+
+``easy`` (generator version 2, the default, for quick tests and demos) is described below; ``hard``
+(version 3, :mod:`vidconv_deploy.data.synthetic_hard`) keeps its principle and adds 16 finer classes,
+longer videos with the action at a random time, distractors, camera motion, occlusion, blur and noise,
+so that a model's losses (quantization, variants) can show. Both write the same folder layout.
 
 Each video shows one shape (circle, square or triangle, its front cap in a contrasting colour so
 that a circle's rotation shows) on a random textured background with a little per-frame noise. The
@@ -20,8 +25,8 @@ Layout written by :func:`generate` (paths in the lists are relative to the datas
     classes.txt  train.txt  val.txt  test.txt  dataset.json
     train/00000.mp4 ...  val/...  test/...
 
-The videos are 48-64 frames at 12 fps, like Something-Something V2 clips (2-6 s at 12 fps), and
-the dataset declares the SSv2 sampling protocol in ``dataset.json``.
+The easy videos are 48-64 frames at 12 fps, like Something-Something V2 clips (2-6 s at 12 fps), the
+hard ones 64-96; the dataset declares the SSv2 sampling protocol in ``dataset.json``.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ import av
 import numpy as np
 
 from vidconv_deploy.atomic import atomic_path, nearest_existing, write_text
+from vidconv_deploy.data import synthetic_hard
+from vidconv_deploy.data.shapes import SHAPES, paint_shape, smooth_noise
 from vidconv_deploy.errors import UserError
 
 GENERATOR = "vidconv-synthetic-motion"
-GENERATOR_VERSION = 2  # 2: light shape on a dark background, longer moves, rotation as circling (vic-nano learns it in minutes)
 SPLITS = ("train", "val", "test")
 #: The rendered motions; each one's class is followed by its reversal's class.
 MOTIONS = (
@@ -55,7 +61,6 @@ MOTIONS = (
     ("appear", "disappear"),
 )
 CLASSES = tuple(name for pair in MOTIONS for name in pair)
-SHAPES = ("circle", "square", "triangle")
 #: Encoders in order of preference; the wheel's FFmpeg may lack libx264 (GPL), mpeg4 is always built in.
 ENCODERS = ("libx264", "mpeg4")
 PROTOCOL = "ssv2"
@@ -68,7 +73,10 @@ def reversed_class(label: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
-    """What to generate: the seed, the split sizes, the frame size and rate, and the range of frame counts."""
+    """What to generate: the difficulty, the seed, the split sizes, the frame size and rate, and the range of frame counts.
+
+    ``min_frames``/``max_frames`` left out take the difficulty's default lengths.
+    """
 
     seed: int = 0
     # 2400 training videos: 20 min on 2 cores is ~50k training clips for vic-nano (~45 clips/s with
@@ -78,10 +86,16 @@ class SyntheticSpec:
     test: int = 400
     size: int = 96
     fps: int = 12
-    min_frames: int = 48
-    max_frames: int = 64
+    min_frames: int | None = None
+    max_frames: int | None = None
+    difficulty: str = "easy"
 
     def __post_init__(self) -> None:
+        if self.difficulty not in DIFFICULTIES:
+            raise UserError(f"unknown difficulty {self.difficulty!r}: use one of {', '.join(DIFFICULTIES)}")
+        default_min, default_max = DIFFICULTIES[self.difficulty].frames
+        object.__setattr__(self, "min_frames", default_min if self.min_frames is None else self.min_frames)
+        object.__setattr__(self, "max_frames", default_max if self.max_frames is None else self.max_frames)
         if min(self.train, self.val, self.test) < 0 or self.seed < 0:
             raise UserError("split sizes and the seed must not be negative")
         if self.size < 32 or self.size % 2:
@@ -95,29 +109,6 @@ class SyntheticSpec:
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Low-frequency texture ``(size, size, 3)``: a ``cells`` x ``cells`` random grid, bilinearly upsampled."""
-    grid = rng.normal(0.0, 1.0, (cells, cells, 3))
-    pos = (np.arange(size) + 0.5) * (cells - 1) / size  # pixel centres in grid coordinates
-    weights = np.maximum(0.0, 1.0 - np.abs(pos[:, None] - np.arange(cells)[None, :]))  # (size, cells) hat functions
-    return np.stack([weights @ grid[..., k] @ weights.T for k in range(3)], axis=-1)
-
-
-def _coverage(shape: str, u: np.ndarray, v: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """Anti-aliased coverage (0-1) of a shape of circumradius ``radius`` in its own rotated frame (u, v).
-
-    Uses a signed distance (exact inside, slightly rounded outside polygon corners): one pixel of soft edge.
-    """
-    if shape == "circle":
-        dist = np.hypot(u, v) - radius
-    elif shape == "square":
-        dist = np.maximum(np.abs(u), np.abs(v)) - radius * np.float32(1 / math.sqrt(2))
-    else:  # equilateral triangle, vertices at 0, 120, 240 degrees; edges at the inradius r/2
-        normals = [(math.cos(a), math.sin(a)) for a in (math.pi, math.pi / 3, -math.pi / 3)]
-        dist = np.maximum.reduce([np.float32(nx) * u + np.float32(ny) * v for nx, ny in normals]) - radius / 2
-    return np.clip(np.float32(0.5) - dist, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +170,7 @@ def render(label: int, num_frames: int, size: int, rng: np.random.Generator) -> 
     # colours over the whole range) vic-nano stayed at chance for hundreds of steps longer in our
     # tests, because its early layers are nearly linear and cannot yet see both signs of an edge.
     base = rng.uniform(20.0, 100.0, 3)
-    background = base + 20.0 * _smooth_noise(rng, size, 5) + rng.normal(0.0, 4.0, (size, size, 1))
+    background = base + 20.0 * smooth_noise(rng, size, 5) + rng.normal(0.0, 4.0, (size, size, 1))
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     colour = rng.uniform(110.0, 255.0, 3)
     while np.linalg.norm(colour - base) < 150.0:  # clearly visible: motion, not contrast, is the task
@@ -191,17 +182,31 @@ def render(label: int, num_frames: int, size: int, rng: np.random.Generator) -> 
     colour, marker = colour.astype(np.float32), marker.astype(np.float32)
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):  # frame by frame: small arrays stay in cache (measured 24 vs 35 ms a video)
-        dx, dy = xs - np.float32(path.cx[t]), ys - np.float32(path.cy[t])
-        cos, sin = np.float32(math.cos(path.angle[t])), np.float32(math.sin(path.angle[t]))
-        u, v = cos * dx + sin * dy, cos * dy - sin * dx
-        r, opacity = np.float32(path.radius[t]), np.float32(path.alpha[t])
-        body = (_coverage(shape, u, v, r) * opacity)[..., None]
-        cap = body * np.clip(np.float32(0.5) + u - np.float32(0.25) * r, 0.0, 1.0)[..., None]  # the part beyond u = r/4
-        frame = background + body * (colour - background)
-        frame += cap * (marker - frame)
+        frame = paint_shape(background, xs, ys, shape, (path.cx[t], path.cy[t]), path.angle[t], path.radius[t],
+                            path.alpha[t], colour, marker)
         frame += rng.standard_normal((size, size, 1), dtype=np.float32) * np.float32(3.0)
         frames[t] = np.clip(np.rint(frame), 0, 255)
     return frames[::-1].copy() if label % 2 else frames
+
+
+@dataclasses.dataclass(frozen=True)
+class Difficulty:
+    """One version of the generator: its classes (in reversal pairs), its renderer and default video lengths."""
+
+    version: int
+    classes: tuple[str, ...]
+    render: Callable[[int, int, int, np.random.Generator], np.ndarray]
+    frames: tuple[int, int]
+    note: str  # how its videos suit the protocol, for dataset.json
+
+
+DIFFICULTIES = {
+    # 2: light shape on a dark background, longer moves, rotation as circling (vic-nano learns it in minutes)
+    "easy": Difficulty(2, CLASSES, render, (48, 64), "videos are 48-64 frames at 12 fps like SSv2's"),
+    "hard": Difficulty(3, synthetic_hard.CLASSES, synthetic_hard.render, synthetic_hard.FRAMES,
+                       "videos are 64-96 frames at 12 fps, the action fills 35-50 % of a video at a random time; "
+                       "the 2 test clips (49 frames) cover every frame of a video up to 98 frames"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +302,7 @@ def check_out_dir(out: Path, force: bool) -> bool:
 def split_labels(spec: SyntheticSpec, split_no: int) -> np.ndarray:
     """Balanced labels for one split (each class count differs by at most one), shuffled by the seed."""
     n = spec.count(SPLITS[split_no])
-    labels = np.arange(n) % len(CLASSES)
+    labels = np.arange(n) % len(DIFFICULTIES[spec.difficulty].classes)
     return np.random.default_rng([spec.seed, split_no]).permutation(labels)
 
 
@@ -305,18 +310,20 @@ def video_frames(spec: SyntheticSpec, split_no: int, index: int, label: int) -> 
     """The frames of video ``index`` of a split; its own generator makes it independent of the others."""
     rng = np.random.default_rng([spec.seed, split_no, index])
     num_frames = int(rng.integers(spec.min_frames, spec.max_frames + 1))
-    return render(label, num_frames, spec.size, rng)
+    return DIFFICULTIES[spec.difficulty].render(label, num_frames, spec.size, rng)
 
 
 def metadata(spec: SyntheticSpec, codec: str) -> dict:
     """``dataset.json``: how the data was made and how to sample it."""
+    difficulty = DIFFICULTIES[spec.difficulty]
     return {
         "generator": GENERATOR,
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": difficulty.version,
+        "difficulty": spec.difficulty,
         "seed": spec.seed,
         "counts": {s: spec.count(s) for s in SPLITS},
-        "classes": list(CLASSES),
-        "reversed_class": [reversed_class(i) for i in range(len(CLASSES))],
+        "classes": list(difficulty.classes),
+        "reversed_class": [reversed_class(i) for i in range(len(difficulty.classes))],
         "size": [spec.size, spec.size],
         "fps": spec.fps,
         "frames": {"min": spec.min_frames, "max": spec.max_frames},
@@ -324,7 +331,7 @@ def metadata(spec: SyntheticSpec, codec: str) -> dict:
         "pix_fmt": "yuv420p",
         "protocol": PROTOCOL,
         "protocol_note": "sample with the SSv2 protocol (train stride 5-7, 2 test clips at stride 6, "
-                         "short videos s_T = min(5, (N-1)//8)): videos are 48-64 frames at 12 fps like SSv2's",
+                         "short videos s_T = min(5, (N-1)//8)): " + difficulty.note,
     }
 
 
@@ -393,7 +400,7 @@ def generate(
         for stale in (p for split in SPLITS for p in (out / split).iterdir() if OWN_VIDEO.fullmatch(p.name)):
             if stale.relative_to(out).as_posix() not in written:
                 stale.unlink()
-    write_text(out / "classes.txt", "".join(f"{name}\n" for name in CLASSES))
+    write_text(out / "classes.txt", "".join(f"{name}\n" for name in DIFFICULTIES[spec.difficulty].classes))
     for split_no, split in enumerate(SPLITS):
         lines = (f"{video_name(split_no, index)} {label}\n" for s_no, index, label in tasks if s_no == split_no)
         write_text(out / f"{split}.txt", "".join(lines))
