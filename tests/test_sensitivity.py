@@ -118,10 +118,39 @@ def test_a_tensor_pinned_far_too_low_ranks_first():
     assert len(record["ranked"]) == 15
 
 
-def test_export_records_sensitivity_in_the_manifest_and_the_report(dpu_bundle):
+def test_the_default_recipe_leaves_the_step_off(dpu_bundle):
     manifest = json.loads((dpu_bundle / "manifest.json").read_text())
     step = next(s for s in manifest["steps"] if s["name"] == "sensitivity")
-    infos = {g: json.loads((dpu_bundle / "quant" / f"{g}_quant_info.json").read_text()) for g in ("early", "later")}
+    assert step == {"name": "sensitivity", "status": "not run",
+                    "reason": "the recipe's sensitivity.clips is 0: give 1 or more to run it"}
+    assert "sensitivity" not in manifest and "Sensitivity" not in (dpu_bundle / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def sensitivity_bundle(tmp_path_factory, tiny_dataset, monkeypatch_module):
+    """A small vic-nano-dpu bundle from a recipe that turns the step on (2 calibration clips, 3 wanted)."""
+    from vidconv_deploy.cli.export import main as export_main
+
+    recipes = tmp_path_factory.mktemp("recipes")
+    (recipes / "dpu-kv260-sensitivity.yaml").write_text("_base_: dpu-kv260\nsensitivity: {clips: 3}\n")
+    monkeypatch_module.setenv("VIDCONV_RECIPES", str(recipes))
+    out = tmp_path_factory.mktemp("sensitivity-bundle")
+    assert export_main(["--target", "dpu-kv260-sensitivity", "--arch", "vic-nano-dpu", "--classes", "10", "--image-size",
+                        "32", "--calib-clips", "2", "--calib", str(tiny_dataset), "--out", str(out)]) == 0
+    return out / "vic-nano-dpu-dpu-kv260-sensitivity"
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_export_records_sensitivity_in_the_manifest_and_the_report(sensitivity_bundle):
+    bundle = sensitivity_bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    step = next(s for s in manifest["steps"] if s["name"] == "sensitivity")
+    infos = {g: json.loads((bundle / "quant" / f"{g}_quant_info.json").read_text()) for g in ("early", "later")}
     expected = sum(len(i["param"]) + len(i["output"]) + len(i["onnx"]["approximations"]) for i in infos.values()) - 1
     assert step["status"] == "ran" and step["clips"] == 2 and step["tensors"] == expected
     sens = manifest["sensitivity"]
@@ -130,7 +159,7 @@ def test_export_records_sensitivity_in_the_manifest_and_the_report(dpu_bundle):
     alone = [math.inf if t["alone"]["sqnr_db"] is None else t["alone"]["sqnr_db"] for t in sens["ranked"]]  # null: no error
     assert alone == sorted(alone)
     assert [a["tensor"] for a in sens["advice"]] == [t["tensor"] for t in sens["ranked"][:3]]
-    assert (dpu_bundle / "report_files" / "sensitivity.png").stat().st_size > 10_000
-    report = (dpu_bundle / "report.md").read_text()
+    assert (bundle / "report_files" / "sensitivity.png").stat().st_size > 10_000
+    report = (bundle / "report.md").read_text()
     assert "## Sensitivity: which tensors cost the accuracy" in report
     assert f"| 1 | {sens['ranked'][0]['graph']} | {sens['ranked'][0]['tensor']} |" in report
