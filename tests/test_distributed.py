@@ -141,7 +141,7 @@ def test_a_video_found_bad_in_a_batch_is_reported_and_not_asked_for_again(
         return load(epoch, index)
 
     monkeypatch.setattr(data, "clip", truncated)
-    epochs = clip_batches(data, 8)
+    epochs = clip_batches(data, 8, workers=1)  # found in a loader worker, reported in this process
     assert sum(len(labels) for _, labels in epochs(0)) == 19
     assert data.skips.to_dict()["files"] == {"truncated": [str(bad)]}
     order = EpochOrder(data, 0, 1)
