@@ -104,11 +104,31 @@ def test_quant_info_says_which_recovery_ran(recovered):
              for m, r in recovered.results.items()}
     assert flags == {"none": (False, False, "none"), "bias_correction": (True, False, "bias_correction"),
                      "fast_finetune": (False, True, "fast_finetune")}
+    assert recovered.results["bias_correction"].info["onnx"]["recovery"]["copied_parameters"] == {}  # none shared
     layers = recovered.results["bias_correction"].info["onnx"]["recovery"]["layers"]
     # the Gemm's bias (0.1 everywhere, position 10: 102 LSB) saturates int8 in one channel once corrected
     assert [(r["node"], r["bias"], r["fix_point"], r["saturated_channels"]) for r in layers] == [
         ("conv3_node", "b2", 9, 0), ("conv7_node", "b6", 9, 0), ("gemm13_node", "c12", 10, 1)]
     assert layers[1]["max_correction_lsb"] > 20  # the hard conv's lost mean: 26.7 bias LSB
+
+
+def test_a_bias_shared_by_two_convs_becomes_one_per_conv_and_each_is_corrected():
+    """onnxsim merges equal initializers (the zero biases of folded BatchNorms); on the DPU each conv has its own."""
+    net = Net([1, 3, 8, 8], seed=3)
+    shared = net.const(np.zeros(8, np.float32), "b")
+    w = net.rng.uniform(0.0, 0.7 * 2**-6, (8, 8, 3, 3)).astype(np.float32)
+    w[0, 0, 1, 1] = 1.0
+    first = net.op("Relu", [net.op("Conv", ["x", net.const(net.rng.standard_normal((8, 3, 3, 3)).astype(np.float32) / 5, "w"),
+                                            shared], kernel_shape=[3, 3], pads=[1] * 4)])
+    y = net.op("Conv", [first, net.const(w, "w"), shared], kernel_shape=[3, 3], pads=[1] * 4)
+    model, feeds = net.model(y), net.feeds(4, seed=1)
+    plain, fixed = quantize_onnx(model, feeds), quantize_onnx(model, feeds, recovery="bias_correction")
+    assert fixed.info["onnx"]["recovery"]["copied_parameters"] == {"conv6_node/bias": "b1"}
+    assert fixed.info["param"] == {**plain.info["param"], "conv6_node/bias": plain.info["param"]["b1"]}
+    codes = int8_initializers(fixed.model)
+    assert not np.array_equal(codes["b1_quantized"], codes["conv6_node/bias_quantized"])
+    assert compare_with_onnxruntime(fixed.model, net.feeds(2, seed=2)).bit_exact
+    assert [i.name for i in model.graph.initializer].count("conv6_node/bias") == 0  # the caller's graph is not touched
 
 
 def test_recovery_reads_feeds_given_once_as_a_generator(recovered):

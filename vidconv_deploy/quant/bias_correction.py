@@ -21,15 +21,13 @@ on the number and order of batches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
 from vidconv_deploy.fixpoint import arithmetic as fixpoint
 from vidconv_deploy.fixpoint import kernels as K
 from vidconv_deploy.progress import Subtask, no_subtask
 from vidconv_deploy.quant.graph import GraphPlan
-from vidconv_deploy.quant.layerwise import Feeds, Layer, QdqBuilder, conv_layers, forward, parameter, qdq_inputs, reduce_dims
+from vidconv_deploy.quant.layerwise import CalibratedPlan, Layer, conv_layers, forward, parameter, qdq_inputs, reduce_dims
 
 
 def _out_channels(plan: GraphPlan, layer: Layer) -> int:
@@ -37,36 +35,29 @@ def _out_channels(plan: GraphPlan, layer: Layer) -> int:
     return shape[0] if layer.node.op == "Conv" or layer.node.attr("transB", 0) else shape[-1]
 
 
-def correct_biases(
-    plan: GraphPlan,
-    act_positions: Mapping[str, int],
-    param_positions: Mapping[str, int],
-    feeds: Feeds,
-    build: QdqBuilder,
-    *,
-    progress: Subtask = no_subtask,
-) -> list[dict]:
-    """Correct the float bias of every conv-like layer with one value per output channel, in place in
-    ``plan.initializers``; returns per layer the largest correction and the channels whose corrected bias
+def correct_biases(calibrated: CalibratedPlan, *, progress: Subtask = no_subtask) -> list[dict]:
+    """Correct the float bias of every conv-like layer with one value per output channel, in place in the
+    plan's initializers; returns per layer the largest correction and the channels whose corrected bias
     saturates int8 at its fix position (where the correction is partly lost)."""
+    plan = calibrated.plan
     layers = [layer for layer in conv_layers(plan)
               if layer.bias is not None and plan.initializers[layer.bias].size == _out_channels(plan, layer)]
     records = []
     with progress("bias correction", len(layers)) as advance, K.single_threaded(), torch.no_grad():
         for layer in layers:
-            records.append(_correct(plan, layer, act_positions, param_positions, qdq_inputs(build, layer, feeds)))
+            records.append(_correct(calibrated, layer, qdq_inputs(calibrated, layer)))
             advance(1)
     return records
 
 
-def _correct(plan: GraphPlan, layer: Layer, act_positions: Mapping[str, int], param_positions: Mapping[str, int],
-             inputs: list[torch.Tensor]) -> dict:
+def _correct(calibrated: CalibratedPlan, layer: Layer, inputs: list[torch.Tensor]) -> dict:
     assert layer.bias is not None
+    plan = calibrated.plan
     w, b = parameter(plan, layer.weight), parameter(plan, layer.bias)
-    w_pos, b_pos = param_positions[layer.weight], param_positions[layer.bias]
+    w_pos, b_pos = calibrated.param_positions[layer.weight], calibrated.param_positions[layer.bias]
     wq = fixpoint.fake_quantize(w, w_pos, fixpoint.PARAM_ROUNDING)
     bq = fixpoint.fake_quantize(b, b_pos, fixpoint.PARAM_ROUNDING)
-    out_pos = act_positions.get(layer.node.name)  # the layer is its own quantization point (no fused activation)
+    out_pos = calibrated.act_positions.get(layer.node.name)  # the layer is its own quantization point (no fused activation)
     total: torch.Tensor | float = 0.0
     count = 0
     for x in inputs:

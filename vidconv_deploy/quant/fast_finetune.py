@@ -27,7 +27,7 @@ quantization point.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +37,9 @@ import torch.nn.functional as F
 from vidconv_deploy.fixpoint import arithmetic as fixpoint
 from vidconv_deploy.fixpoint import kernels as K
 from vidconv_deploy.progress import Subtask, no_subtask
-from vidconv_deploy.quant.graph import GraphPlan
 from vidconv_deploy.quant.layerwise import (
-    Feeds,
+    CalibratedPlan,
     Layer,
-    QdqBuilder,
     TensorRun,
     activation,
     conv_layers,
@@ -77,10 +75,11 @@ class NetLoss:
 class _NetLossProbe:
     """The quantized graph's :class:`NetLoss` for the plan's current parameters."""
 
-    def __init__(self, plan: GraphPlan, feeds: Feeds, build: QdqBuilder) -> None:
-        self.feeds, self.build = feeds, build
-        self.outputs = [o.name for o in plan.model.graph.output]
-        self.float = TensorRun(plan.model, []).run(feeds, self.outputs)
+    def __init__(self, calibrated: CalibratedPlan) -> None:
+        self.feeds, self.build = calibrated.feeds, calibrated.build
+        model = calibrated.plan.model
+        self.outputs = [o.name for o in model.graph.output]
+        self.float = TensorRun(model, []).run(self.feeds, self.outputs)
 
     def measure(self) -> NetLoss:
         quant = TensorRun(self.build(), []).run(self.feeds, self.outputs)
@@ -89,41 +88,59 @@ class _NetLossProbe:
         return NetLoss(tuple(float(np.mean(col)) for col in zip(*rmse, strict=True)))
 
 
-def fast_finetune(
-    plan: GraphPlan,
-    act_positions: Mapping[str, int],
-    param_positions: Mapping[str, int],
-    feeds: Feeds,
-    build: QdqBuilder,
-    *,
-    progress: Subtask = no_subtask,
-) -> dict:
-    """Tune every conv-like layer's float weight and bias in place in ``plan.initializers``, positions fixed;
-    returns the net loss before and after and, per layer, the epochs run and kept."""
-    layers = conv_layers(plan)
-    probe = _NetLossProbe(plan, feeds, build)
-    targets = TensorRun(plan.model, [layer.last.outputs[0] for layer in layers])
+def fast_finetune(calibrated: CalibratedPlan, *, progress: Subtask = no_subtask) -> dict:
+    """Tune every conv-like layer's float weight and bias in place in the plan's initializers, positions
+    fixed; returns the net loss before and after and, per layer, the epochs run and kept."""
+    layers = conv_layers(calibrated.plan)
+    probe = _NetLossProbe(calibrated)
+    targets = TensorRun(calibrated.plan.model, [layer.last.outputs[0] for layer in layers])
     before = loss = probe.measure()
     records = []
     with progress("fast finetune", len(layers)) as advance, K.single_threaded(), torch.enable_grad():
         for layer in layers:
             name = layer.last.outputs[0]
-            wanted = [torch.from_numpy(out[0]) for out in targets.run(feeds, [name])]
-            tuner = _LayerTuner(plan, layer, act_positions, param_positions)
-            loss, record = tuner.tune(qdq_inputs(build, layer, feeds), wanted, probe, loss)
+            wanted = [torch.from_numpy(out[0]) for out in targets.run(calibrated.feeds, [name])]
+            loss, record = _LayerTuner(calibrated, layer).tune(qdq_inputs(calibrated, layer), wanted, probe, loss)
             records.append(record)
             advance(1)
     return {"net_loss_before": list(before.per_output), "net_loss_after": list(loss.per_output), "layers": records}
 
 
+class _Adam:
+    """``torch.optim.Adam`` with its defaults (betas 0.9 and 0.999, eps 1e-8: what adaquant.py uses) on one tensor.
+
+    Written out because building a torch.optim optimizer imports torch._dynamo on first use (6 s on a loaded
+    2-core VM), more than tuning a small graph takes.
+    """
+
+    BETAS, EPS = (0.9, 0.999), 1e-8
+
+    def __init__(self, param: torch.Tensor, lr: float) -> None:
+        self.param, self.lr, self.steps = param, lr, 0
+        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update from the parameter's gradient, which it then clears."""
+        grad, (b1, b2) = self.param.grad, self.BETAS
+        assert grad is not None
+        self.steps += 1
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.v.sqrt() / math.sqrt(1 - b2**self.steps)).add_(self.EPS)
+        self.param.addcdiv_(self.m, denom, value=-self.lr / (1 - b1**self.steps))
+        self.param.grad = None
+
+
 class _LayerTuner:
     """``optimize_layer_v2`` for one layer."""
 
-    def __init__(self, plan: GraphPlan, layer: Layer, act_positions: Mapping[str, int], param_positions: Mapping[str, int]) -> None:
+    def __init__(self, calibrated: CalibratedPlan, layer: Layer) -> None:
+        plan, positions = calibrated.plan, calibrated.param_positions
         self.plan, self.layer = plan, layer
-        self.w_pos = param_positions[layer.weight]
-        self.b_pos = None if layer.bias is None else param_positions[layer.bias]
-        self.out_pos = act_positions.get(layer.last.name)
+        self.w_pos = positions[layer.weight]
+        self.b_pos = None if layer.bias is None else positions[layer.bias]
+        self.out_pos = calibrated.act_positions.get(layer.last.name)
         self.w0 = parameter(plan, layer.weight)
         self.w = self.w0.clone().requires_grad_()
         self.b = None if layer.bias is None else parameter(plan, layer.bias).clone().requires_grad_()
@@ -131,12 +148,12 @@ class _LayerTuner:
     def params(self) -> list[torch.Tensor]:
         return [self.w] if self.b is None else [self.w, self.b]
 
-    def optimizers(self, batch: int) -> list[torch.optim.Adam]:
+    def optimizers(self, batch: int) -> list[_Adam]:
         batch_factor = 0.5 if batch == 1 else 1.0
         factor = LR_FACTOR * batch_factor
         if efficiency(self.w0, fixpoint.fake_quantize(self.w0, self.w_pos, fixpoint.PARAM_ROUNDING)) > WELL_QUANTIZED:
             factor *= 0.1 * batch_factor
-        return [torch.optim.Adam([p], lr=factor * float(p.detach().std()) if p.numel() > 1 else 0.0) for p in self.params()]
+        return [_Adam(p, factor * float(p.detach().std()) if p.numel() > 1 else 0.0) for p in self.params()]
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         w = straight_through(self.w, self.w_pos, fixpoint.PARAM_ROUNDING)
@@ -160,8 +177,6 @@ class _LayerTuner:
             epochs += 1
             for x, target in zip(inputs, wanted, strict=True):
                 step_loss = F.mse_loss(self.output(x), target) + F.mse_loss(self.w, self.w0)
-                for opt in opts:
-                    opt.zero_grad()
                 step_loss.backward()
                 for opt in opts:
                     opt.step()
@@ -172,8 +187,8 @@ class _LayerTuner:
                 continue
             self.store(best)
             for opt in opts:
-                opt.param_groups[0]["lr"] /= 2.0
-            if all(opt.param_groups[0]["lr"] < MIN_LR for opt in opts) or (previous is not None and now.same_as(previous)):
+                opt.lr /= 2.0
+            if all(opt.lr < MIN_LR for opt in opts) or (previous is not None and now.same_as(previous)):
                 break
             previous = now
         return loss, {"node": self.layer.node.name, "epochs": epochs, "kept": kept}

@@ -18,12 +18,12 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from vidconv_deploy.fixpoint import arithmetic as fixpoint
 from vidconv_deploy.fixpoint import kernels as K
 from vidconv_deploy.onnx_session import ort_session
-from vidconv_deploy.quant.graph import CONV_OPS, INPUT_OP, GraphPlan, Node
+from vidconv_deploy.quant.graph import CONV_OPS, INPUT_OP, GraphPlan, Node, ParamPoint
 
 #: The QDQ graph of the plan's current float parameters at the current positions (``build_qdq``).
 QdqBuilder = Callable[[], onnx.ModelProto]
@@ -31,6 +31,18 @@ Feeds = Sequence[Mapping[str, np.ndarray]]
 #: Activations a conv's output may pass through before its quantization, which fast finetune trains
 #: through (adaquant.py ``layer_act_pair``: relu and relu6; hard-sigmoid is a quantized node of its own here).
 FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+
+
+@dataclass(frozen=True)
+class CalibratedPlan:
+    """What a recovery works on: the plan (whose float parameters it tunes in place), the fix positions (which
+    it keeps), the calibration feeds, and how to build the QDQ graph of the current parameters."""
+
+    plan: GraphPlan
+    act_positions: Mapping[str, int]
+    param_positions: dict[str, int]
+    feeds: Feeds
+    build: QdqBuilder
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,35 @@ def conv_layers(plan: GraphPlan) -> list[Layer]:
         qdq_input = f"{source}_dequantized" if plan.producer[source].op == INPUT_OP else source  # build_qdq's names
         layers.append(Layer(node, weight, bias, act, qdq_input))
     return layers
+
+
+def own_parameters(calibrated: CalibratedPlan) -> dict[str, str]:
+    """Give each conv-like layer its own weight and bias where it shares an initializer with an earlier layer, so
+    that tuning one layer leaves the others alone; returns each copy's name -> the shared name.
+
+    onnxsim merges equal initializers (the zero biases of folded BatchNorms in an untrained model, say), while on
+    the DPU every conv has its own. The first layer keeps the shared name (it owns the parameter's quant entry),
+    each later one reads a copy named ``<node>/weight`` or ``<node>/bias`` at the shared tensor's fix position.
+    """
+    plan, seen, copies = calibrated.plan, set(), {}
+    for layer in conv_layers(plan):
+        proto = layer.node.proto
+        assert proto is not None
+        for index, name in ((1, layer.weight), (2, layer.bias)):
+            if name is None:
+                continue
+            if name not in seen:
+                seen.add(name)
+                continue
+            role = "weight" if index == 1 else "bias"
+            copy = f"{layer.node.name}/{role}"
+            proto.input[index] = copy
+            plan.initializers[copy] = plan.initializers[name].copy()
+            plan.model.graph.initializer.append(numpy_helper.from_array(plan.initializers[copy], copy))
+            plan.params[copy] = ParamPoint(layer.node, role)
+            calibrated.param_positions[copy] = calibrated.param_positions[name]
+            copies[copy] = name
+    return copies
 
 
 def forward(layer: Layer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -123,6 +164,7 @@ class TensorRun:
         return [self.session.run(list(names), {n: np.asarray(feed[n], dtype=np.float32) for n in self.inputs}) for feed in feeds]
 
 
-def qdq_inputs(build: QdqBuilder, layer: Layer, feeds: Feeds) -> list[torch.Tensor]:
-    """The layer's input in the QDQ graph of the current parameters, per feed."""
-    return [torch.from_numpy(out[0]) for out in TensorRun(build(), [layer.qdq_input]).run(feeds, [layer.qdq_input])]
+def qdq_inputs(calibrated: CalibratedPlan, layer: Layer) -> list[torch.Tensor]:
+    """The layer's input in the QDQ graph of the current parameters, per calibration feed."""
+    run = TensorRun(calibrated.build(), [layer.qdq_input])
+    return [torch.from_numpy(out[0]) for out in run.run(calibrated.feeds, [layer.qdq_input])]

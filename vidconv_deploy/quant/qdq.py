@@ -64,6 +64,7 @@ from vidconv_deploy.quant.graph import (
     Node,
     analyse,
 )
+from vidconv_deploy.quant.layerwise import CalibratedPlan
 from vidconv_deploy.quant.recovery import check_method, recover
 from vidconv_deploy.version import __version__
 
@@ -313,7 +314,8 @@ def quantize_onnx(
     calib = calibrate(plan, calib_feeds, fixed=fixed, method=method, progress=progress)
     pos = Positions(dict(calib.activations), dict(calib.params))
     log, convs = organize_positions(plan, pos, fixed)
-    recovered = recover(recovery, plan, pos.act, pos.params, calib_feeds, lambda: build_qdq(plan, pos)[0], progress=progress)
+    calibrated = CalibratedPlan(plan, pos.act, pos.params, calib_feeds, lambda: build_qdq(plan, pos)[0])
+    recovered = recover(recovery, calibrated, progress=progress)
     if recovery != "none":
         again, convs = organize_positions(plan, pos, fixed)
         log += again

@@ -7,14 +7,11 @@ runs it as any other. :func:`~vidconv_deploy.quant.qdq.quantize_onnx` takes the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.progress import Subtask, no_subtask
 from vidconv_deploy.quant.bias_correction import correct_biases
 from vidconv_deploy.quant.fast_finetune import fast_finetune
-from vidconv_deploy.quant.graph import GraphPlan
-from vidconv_deploy.quant.layerwise import Feeds, QdqBuilder
+from vidconv_deploy.quant.layerwise import CalibratedPlan, own_parameters
 
 #: "none": calibration alone; "bias_correction": :mod:`~vidconv_deploy.quant.bias_correction`;
 #: "fast_finetune": :mod:`~vidconv_deploy.quant.fast_finetune`.
@@ -26,20 +23,13 @@ def check_method(method: str) -> None:
         raise UserError(f"unknown INT8 recovery {method!r}; use one of {', '.join(RECOVERY_METHODS)}")
 
 
-def recover(
-    method: str,
-    plan: GraphPlan,
-    act_positions: Mapping[str, int],
-    param_positions: Mapping[str, int],
-    feeds: Feeds,
-    build: QdqBuilder,
-    *,
-    progress: Subtask = no_subtask,
-) -> dict:
-    """Run ``method`` on ``plan``'s float parameters (in place); returns what it did, for quant_info.json."""
+def recover(method: str, calibrated: CalibratedPlan, *, progress: Subtask = no_subtask) -> dict:
+    """Run ``method`` on the plan's float parameters (in place, each layer's own: shared ones are copied first);
+    returns what it did, for quant_info.json."""
     check_method(method)
+    if method == "none":
+        return {"method": method}
+    copies = own_parameters(calibrated)
     if method == "bias_correction":
-        return {"method": method, "layers": correct_biases(plan, act_positions, param_positions, feeds, build, progress=progress)}
-    if method == "fast_finetune":
-        return {"method": method, **fast_finetune(plan, act_positions, param_positions, feeds, build, progress=progress)}
-    return {"method": method}
+        return {"method": method, "copied_parameters": copies, "layers": correct_biases(calibrated, progress=progress)}
+    return {"method": method, "copied_parameters": copies, **fast_finetune(calibrated, progress=progress)}
