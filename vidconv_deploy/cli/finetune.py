@@ -33,7 +33,7 @@ from vidconv_deploy.atomic import write_text
 from vidconv_deploy.checkpoints import load_model, save_checkpoint
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.cli.training_flags import (EXIT_CODES, RUNS, add_runtime_flags, check_out, check_training_flags,
-                                               merge_skips, runtime_of)
+                                               merge_skips, run_training)
 from vidconv_deploy.data.dataset import EvalClips, TrainClips, protocol_for
 from vidconv_deploy.data.loader import clip_batches
 from vidconv_deploy.data.sources import NO_LABEL, VideoSource, list_digest, open_split, scan_folder
@@ -45,7 +45,7 @@ from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv
 from vidconv_deploy.train.loop import Settings, TrainConfig, fit, open_state
 from vidconv_deploy.train.losses import DistillLoss
-from vidconv_deploy.train.runtime import Runtime, on_device, process_group
+from vidconv_deploy.train.runtime import Runtime, on_device
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -144,10 +144,7 @@ def usable_test_videos(folder: Path, frames: int, image_size: tuple[int, int]) -
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     check_args(args)
-    runtime = runtime_of(args)
-    runtime.batch_per_process(args.batch)
-    with process_group(runtime):
-        return _finetune(args, runtime)
+    return run_training(args, _finetune)
 
 
 def _finetune(args: argparse.Namespace, runtime: Runtime) -> int:

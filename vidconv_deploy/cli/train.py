@@ -31,7 +31,7 @@ from vidconv_deploy.atomic import write_text
 from vidconv_deploy.checkpoints import save_checkpoint
 from vidconv_deploy.cli.common import run_main
 from vidconv_deploy.cli.training_flags import (EXIT_CODES, RUNS, add_runtime_flags, check_out, check_training_flags,
-                                               merge_skips, runtime_of)
+                                               merge_skips, run_training)
 from vidconv_deploy.data.dataset import EvalClips, TrainClips, protocol_for
 from vidconv_deploy.data.loader import clip_batches
 from vidconv_deploy.data.sources import list_digest, open_split
@@ -41,7 +41,7 @@ from vidconv_deploy.evaluate.run import ORDERS, score_videos
 from vidconv_deploy.models.config import arch_names
 from vidconv_deploy.models.vidconv import VidConv, build_model
 from vidconv_deploy.train.loop import Settings, TrainConfig, fit, open_state
-from vidconv_deploy.train.runtime import Runtime, all_sum, on_device, process_group
+from vidconv_deploy.train.runtime import Runtime, all_sum, on_device
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -127,10 +127,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.arch not in arch_names():
         raise UserError(f"--arch {args.arch} is not an architecture: choose one of {', '.join(arch_names())}")
     check_out(args.out)
-    runtime = runtime_of(args)
-    runtime.batch_per_process(args.batch)
-    with process_group(runtime):
-        return _train(args, runtime)
+    return run_training(args, _train)
 
 
 def _train(args: argparse.Namespace, runtime: Runtime) -> int:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from vidconv_deploy.atomic import cannot_create_in, nearest_existing
 from vidconv_deploy.data.dataset import SkipReport
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.train.runtime import Runtime, all_gather, start_runtime
+from vidconv_deploy.train.runtime import Runtime, all_gather, process_group, start_runtime
 
 EXIT_CODES = """exit codes:
   0    trained: the weights and the model card are written
@@ -68,11 +69,18 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
                             "share (CUDA; the hardware variants have BatchNorm)")
 
 
-def runtime_of(args: argparse.Namespace) -> Runtime:
-    """The runtime the flags ask for, in the processes torchrun started (one without torchrun); refused before any work."""
+def run_training(args: argparse.Namespace, body: Callable[[argparse.Namespace, Runtime], int]) -> int:
+    """``body(args, runtime)`` in the runtime the flags ask for, in each process torchrun started (one without it).
+
+    The runtime flags and the split of ``--batch`` over the processes are refused before any work;
+    the process group is joined for the body and left after it.
+    """
     if args.workers < 0:
         raise UserError(f"--workers {args.workers} is negative: give 0 (decode in the training process) or more")
-    return start_runtime(args.device, args.amp, args.sync_bn)
+    runtime = start_runtime(args.device, args.amp, args.sync_bn)
+    runtime.batch_per_process(args.batch)
+    with process_group(runtime):
+        return body(args, runtime)
 
 
 def merge_skips(skips: SkipReport) -> None:
