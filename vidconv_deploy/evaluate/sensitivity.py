@@ -377,11 +377,13 @@ def advice(result: Sensitivity, graphs: Mapping[str, onnx.ModelProto], rules: Ru
     return rows
 
 
-def save_sensitivity_plot(result: Sensitivity, path: str | Path, title: str, worst: int = 3) -> None:
-    """Logit SQNR with each unit alone in INT8, in graph order (early, then later); the ``worst`` in red."""
-    order = result.tensors
-    red = {(t.graph, t.tensor) for t in result.ranked[:worst]}
+def save_sensitivity_plot(result: Sensitivity, path: str | Path, title: str, worst: int = 3, shown: int = 30) -> None:
+    """Logit SQNR with each unit alone in INT8 for the ``shown`` most sensitive units, most sensitive first
+    (a bar per tensor of a whole graph pair is too many to read); the ``worst`` in red."""
+    order = result.ranked[:shown]
+    if len(result.ranked) > shown:
+        title = f"{title} ({shown} most sensitive of {len(result.ranked)})"
     save_layer_bars([f"{t.graph}:{t.tensor}" for t in order],
                     [t.alone.sqnr_db if math.isfinite(t.alone.sqnr_db) else np.nan for t in order], path, title,
                     "logit SQNR (dB), only this tensor INT8",
-                    colors=["tab:red" if (t.graph, t.tensor) in red else "tab:blue" for t in order])
+                    colors=["tab:red" if rank < worst else "tab:blue" for rank in range(len(order))])
