@@ -27,7 +27,7 @@ def save_layer_bars(names: Sequence[str], values: Sequence[float], path: str | o
     if log:
         ax.set_yscale("log")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9, wrap=True)  # long titles wrap instead of running off a narrow figure
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
