@@ -227,3 +227,32 @@ def test_compile_dir_fix_points_are_compared_per_graph(tmp_path, graphs):
     assert list(comparisons) == ["early"]  # vai_q wrote nothing for the later graph
     (difference,) = comparisons["early"].differences
     assert (difference.tensor, difference.kind, difference.vaiq - difference.ours) == (node, "output", 1)
+
+
+class _Calibrated(Exception):
+    """Raised by the fake torch_quantizer: the test needs only what was set before it was called."""
+
+
+def test_vaiq_runs_without_weight_equalization_and_bias_correction(tmp_path, monkeypatch):
+    # vai_q_pytorch equalizes weights and corrects biases by default (option_list.py); the xmodel must hold
+    # the quantization the bundle verified, so both options are off before the first torch_quantizer call.
+    import types
+
+    options: dict[str, object] = {}
+    seen: list[dict[str, object]] = []
+
+    def torch_quantizer(mode, *args, **kwargs):
+        seen.append(dict(options))
+        raise _Calibrated
+
+    nndct_utils = types.SimpleNamespace(option_util=types.SimpleNamespace(set_option_value=options.__setitem__))
+    monkeypatch.setitem(sys.modules, "pytorch_nndct", types.ModuleType("pytorch_nndct"))
+    monkeypatch.setitem(sys.modules, "pytorch_nndct.apis", types.SimpleNamespace(torch_quantizer=torch_quantizer))
+    monkeypatch.setitem(sys.modules, "nndct_shared", types.ModuleType("nndct_shared"))
+    monkeypatch.setitem(sys.modules, "nndct_shared.utils", nndct_utils)
+    monkeypatch.setattr(vaiq_script, "load_graph", lambda path: torch.nn.Identity())
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(_Calibrated):
+        vaiq_script.quantize(tmp_path / "early.json", calib, tmp_path / "out", "DPUCZDX8G_ISA1_B4096")
+    assert seen == [{"nndct_equalization": False, "nndct_param_corr": False}]

@@ -9,7 +9,8 @@ It rebuilds the graph from ``model/<graph>.json`` + ``.npz`` (written by
 ``vidconv_deploy.dpu.graph_spec`` from the bundle's float ONNX): one ``torch.nn`` module per ONNX
 node, named after the node. Then vai_q_pytorch's documented flow (Vitis-AI 3.5
 ``src/vai_quantizer/vai_q_pytorch/README.md`` and ``example/resnet18_quant.py``):
-``torch_quantizer("calib", ...)``, one forward pass per calibration sample, ``export_quant_config()``;
+``torch_quantizer("calib", ...)`` with weight equalization and bias correction off (the bundle's
+INT8 has neither), one forward pass per calibration sample, ``export_quant_config()``;
 ``torch_quantizer("test", ...)``, one forward pass with batch 1, ``export_xmodel(deploy_check=False)``.
 The output dir gets vai_q's ``quant_info.json`` and ``<Graph>_int.xmodel`` plus ``names.json``:
 vai_q's tensor names mapped to the names in our quant_info.json, for comparing fix positions.
@@ -177,7 +178,14 @@ def vaiq_names(quantizer, graph: SpecGraph) -> dict:
 def quantize(spec_file: Path, calib_file: Path, out_dir: Path, target: str) -> None:
     """Calibrate, test and export one graph with vai_q_pytorch (the Vitis AI image only)."""
     from pytorch_nndct.apis import torch_quantizer
+    from nndct_shared.utils import option_util  # installed with pytorch_nndct
 
+    # vai_q_pytorch's defaults also equalize weights across layers and correct biases during calibration
+    # (nndct_equalization and nndct_param_corr default True in nndct_shared/utils/option_list.py). The
+    # bundle's INT8 graphs, integer reference and golden vectors have neither, so both are off here: the
+    # xmodel holds the quantization the bundle verified (the same call as Vitis AI's own QAT export examples).
+    option_util.set_option_value("nndct_equalization", False)
+    option_util.set_option_value("nndct_param_corr", False)
     graph = load_graph(spec_file)
     samples = np.load(calib_file, allow_pickle=False).astype(np.float32)
     example = torch.from_numpy(samples[:1])
