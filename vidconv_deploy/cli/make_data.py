@@ -3,7 +3,7 @@
 Classes in time-reversed pairs: only the order of the frames tells a class from its partner.
 --difficulty easy (the default): ten classes (move right/left, down/up, rotate clockwise/counter-
 clockwise, grow/shrink, appear/disappear), one shape, 48-64 frames. --difficulty hard: sixteen
-(moves slow and fast, in four directions), 64-96 frames with the action at a random time,
+(moves slow and fast, in four directions), 56-80 frames with the action at a random time,
 distractor shapes, camera pan and shake, occlusion, blur and noise.
 The folder gets ``train.txt``, ``val.txt``, ``test.txt`` (MMAction2 lists), ``classes.txt`` and
 ``dataset.json``; sample it with the SSv2 protocol, which ``dataset.json`` names.
