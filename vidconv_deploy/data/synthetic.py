@@ -204,7 +204,7 @@ DIFFICULTIES = {
     # 2: light shape on a dark background, longer moves, rotation as circling (vic-nano learns it in minutes)
     "easy": Difficulty(2, CLASSES, render, (48, 64), "videos are 48-64 frames at 12 fps like SSv2's"),
     "hard": Difficulty(3, synthetic_hard.CLASSES, synthetic_hard.render, synthetic_hard.FRAMES,
-                       "videos are 56-80 frames at 12 fps, the action fills 45-65 % of a video at a random time; "
+                       "videos are 56-80 frames at 12 fps, the action fills 55-75 % of a video at a random time; "
                        "the 2 test clips (49 frames) cover every frame of a video up to 98 frames"),
 }
 
