@@ -377,3 +377,19 @@ def read_qat_positions(path: str | os.PathLike[str] | None) -> tuple[str, dict[s
         return None
     record = json.loads(text)
     return record["target"], {g: GraphPositions.from_dict(p) for g, p in record["graphs"].items()}
+
+
+def checkpoint_fix_points(checkpoint: str | os.PathLike[str] | None, graphs: Mapping[str, onnx.ModelProto],
+                          recovery: str) -> tuple[dict[str, dict[str, int]], dict[str, Any]] | None:
+    """For the DPU quantize step: ``fixed_fix_points`` per streaming graph pinning every tensor where a DPU QAT
+    checkpoint says, and what quant_info records about it; None when ``checkpoint`` is not one."""
+    found = read_qat_positions(checkpoint)
+    if found is None:
+        return None
+    if recovery != "none":
+        raise UserError(f"{checkpoint} is a DPU QAT checkpoint, exported at its trained fix positions: drop "
+                        f"--quant-recovery {recovery} (recovery would change the weights QAT trained)")
+    trained_for, positions = found
+    fixed = {g: pinned_fix_points(analyse(graphs[g]), positions[g]) for g in GRAPH_IO}
+    return fixed, {"checkpoint": str(checkpoint), "trained_for": trained_for,
+                   "positions": "every tensor pinned to the checkpoint's QAT positions"}

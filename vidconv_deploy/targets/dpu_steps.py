@@ -27,6 +27,7 @@ from vidconv_deploy.dpu.perf_model import save_layer_chart, streaming_performanc
 from vidconv_deploy.dpu.throughput import peak_throughput
 from vidconv_deploy.evaluate.sensitivity import advice, labelled_clips, save_sensitivity_plot, sensitivity
 from vidconv_deploy.quant import quantize_onnx, write_quant_info
+from vidconv_deploy.quant.qat_dpu import checkpoint_fix_points
 from vidconv_deploy.quant.qdq import QuantResult
 from vidconv_deploy.quark.crosscheck import ARTIFACT as CROSSCHECK_ARTIFACT, DIRECTORY as CROSSCHECK_DIR, crosscheck_graphs
 from vidconv_deploy.quark.env import INSTALL_FIX as QUARK_INSTALL_FIX, VERSION as QUARK_VERSION, quark_version
@@ -91,11 +92,17 @@ def step_quantize(ctx: ExportContext, run: StepRun) -> None:
     graphs = ctx.value("graphs")
     frames, collages = ctx.value("feeds")
     recovery = quant_recovery(ctx.target, ctx.options)
-    early_q = quantize_onnx(graphs["early"], frames, recovery=recovery, progress=run.subtask)
+    qat = checkpoint_fix_points(getattr(ctx.options, "checkpoint", None), graphs, recovery)  # DPU QAT: pin all
+    pinned = qat[0] if qat else {"early": None, "later": {}}
+    early_q = quantize_onnx(graphs["early"], frames, recovery=recovery, progress=run.subtask, fixed_fix_points=pinned["early"])
     _, early_out_fp = io_fix_points(early_q.model)
     later_q = quantize_onnx(graphs["later"], collages, recovery=recovery, progress=run.subtask,
-                            fixed_fix_points={graphs["later"].graph.input[0].name: early_out_fp})
+                            fixed_fix_points={**pinned["later"], graphs["later"].graph.input[0].name: early_out_fp})
     quant = ctx.set("quant", {"early": early_q, "later": later_q})
+    if qat:
+        for q in quant.values():
+            q.info["qat"] = qat[1]
+        run.record["qat"] = qat[1]
     for name, q in quant.items():
         write_bytes(ctx.directory / "quant" / f"{name}.onnx", q.model.SerializeToString())
         write_quant_info(q.info, ctx.directory / "quant" / f"{name}_quant_info.json")
