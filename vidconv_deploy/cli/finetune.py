@@ -1,4 +1,4 @@
-"""``vidconv-finetune``: distil a hardware variant (``vic-t-dpu``) from a VidConv checkpoint, or QAT its FINN variant.
+"""``vidconv-finetune``: distil a hardware variant (``vic-t-dpu``) from a VidConv checkpoint, or QAT its FINN or DPU variant.
 
 The student starts from the teacher's weights (LayerNorm -> BatchNorm, GELU -> ReLU) and learns to
 match the teacher's logits (KL at temperature 2) and pooled features (MSE), plus cross-entropy
@@ -6,6 +6,11 @@ where the clips have labels. ``--qat`` makes the student the Brevitas FINN varia
 instead (from the teacher, or from ``--init``, e.g. the distilled ``vic-nano-dpu``), calibrates its
 quantizers on the clips and trains it through them (straight-through estimators) on the logits'
 KL plus cross-entropy; the result is a FINN checkpoint for ``vidconv-export --target finn-<board>``.
+``--qat --qat-target dpu-<board>`` instead trains the DPU variant (``--init``, e.g. vic-nano-dpu) through
+the DPU export's own INT8 graphs: power-of-two fix positions calibrated on the clips as the export
+calibrates them, then frozen, weights and activations rounded as vai_q_pytorch rounds them; its
+checkpoint carries the positions, and ``vidconv-export --target dpu-<board> --checkpoint`` of it
+quantizes at them, so the exported integer graphs compute what the trained model computed, bit for bit.
 Runs on the CPU for small models and shows progress. With a dataset folder that has a test
 split, the student's accuracy and its top-1 agreement with the teacher go into its model card.
 The result goes under ``runs/`` unless ``--out`` names a path (the shipped ``models/`` only then).
@@ -22,7 +27,7 @@ import argparse
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
 import torch
@@ -47,6 +52,12 @@ from vidconv_deploy.train.loop import Settings, TrainConfig, fit, open_state
 from vidconv_deploy.train.losses import DistillLoss
 from vidconv_deploy.train.runtime import Runtime, on_device
 
+if TYPE_CHECKING:
+    from vidconv_deploy.targets.registry import Target
+
+#: --bits of the FINN variant when not given.
+DEFAULT_BITS = "w4a4"
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vidconv-finetune", description=__doc__.replace("``", ""), epilog=EXIT_CODES,
@@ -54,15 +65,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher", type=Path, required=True, help="faithful checkpoint (.safetensors or authors' .pth)")
     parser.add_argument("--student", help="hardware variant to distil, e.g. vic-nano-dpu or vic-t-dpu (not with --qat)")
     parser.add_argument("--qat", action="store_true", help="quantization-aware training of the FINN variant instead")
-    parser.add_argument("--bits", default="w4a4", help="--qat: weight/activation bits wXaY (default w4a4)")
-    parser.add_argument("--init", type=Path, help="--qat: float checkpoint the FINN student starts from (default: the teacher)")
+    parser.add_argument("--qat-target", default="finn", metavar="TARGET",
+                        help="--qat: finn (the Brevitas FINN variant, default) or a DPU target, e.g. dpu-kv260 (INT8 "
+                             "at the export's power-of-two positions; the board's rules decide the graphs)")
+    parser.add_argument("--bits", help="--qat with FINN: weight/activation bits wXaY (default w4a4)")
+    parser.add_argument("--init", type=Path, help="--qat: float checkpoint the student starts from (default: the "
+                                                  "teacher; for a DPU target, a BatchNorm variant such as vic-nano-dpu)")
     parser.add_argument("--clips", type=Path, required=True, help="dataset folder (train list) or a folder of videos")
     parser.add_argument("--epochs", type=int, default=4, help="epochs (default 4)")
     parser.add_argument("--batch", type=int, default=16, help="clips per step (default 16)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of clip sampling and order (default 0)")
     parser.add_argument("--out", type=Path, help=f"student weights file, .safetensors (default: {RUNS}/<student>.safetensors, "
-                                                 f"{RUNS}/<arch>-finn-<bits>.safetensors with --qat)")
+                                                 f"{RUNS}/<arch>-finn-<bits>.safetensors with --qat, "
+                                                 f"{RUNS}/<arch>-qat-<target>.safetensors with a DPU --qat-target)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in OUT.state.pt; it must have been started with the same --teacher, "
                              "--student, --qat, --bits, --init, --clips, --epochs, --batch, --lr, --seed, --amp and "
@@ -74,9 +90,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse flags that cannot make a student, before the teacher is loaded or any clip decoded (--out: once its default is known)."""
     check_training_flags(args.epochs, args.batch, args.lr, args.seed)
-    if args.qat:
+    if args.qat_target != "finn" and not args.qat:
+        raise UserError(f"--qat-target {args.qat_target} only applies to --qat: add --qat, or drop --qat-target")
+    if args.bits and not (args.qat and args.qat_target == "finn"):
+        raise UserError(f"--bits {args.bits} only applies to --qat of the FINN variant (DPU INT8 is 8-bit): drop --bits"
+                        + ("" if args.qat else ", or add --qat"))
+    if args.qat and args.qat_target != "finn":
+        dpu_qat_target(args.qat_target)
+    elif args.qat:
         from vidconv_deploy.finn.model import Bits
 
+        args.bits = args.bits or DEFAULT_BITS
         Bits.parse(args.bits)
         if args.student:
             raise UserError(f"--student {args.student} does not apply to --qat (its student is the FINN variant): "
@@ -86,6 +110,31 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError("no student: give --student, e.g. --student vic-nano-dpu, or --qat for the FINN variant")
         if args.init:
             raise UserError(f"--init {args.init} only applies to --qat: drop --init, or add --qat")
+
+
+def dpu_qat_target(name: str) -> Target:
+    """The DPU target a ``--qat-target`` names (its rules decide the graphs QAT trains); UserError otherwise."""
+    from vidconv_deploy.targets.registry import get_target, target_names
+
+    dpu = [t for t in target_names() if t.startswith("dpu-")]
+    if name not in dpu:
+        raise UserError(f"--qat-target {name} is not finn or a DPU target: use finn or one of {', '.join(dpu)}")
+    return get_target(name)
+
+
+def dpu_student_for_qat(origin: VidConv, target_name: str, clips: Path) -> tuple[torch.nn.Module, Callable[[Any, Path], None]]:
+    """The DPU QAT model of ``origin`` (identity form, positions calibrated on the clips as the DPU export
+    calibrates) and how to save it."""
+    from vidconv_deploy.data.calibration import calibration_clips
+    from vidconv_deploy.quant.qat_dpu import DpuQatModel, calibrated_positions, identity_form, save_qat_checkpoint
+
+    target = dpu_qat_target(target_name)
+    passes = target.passes()
+    calibration, _, _ = calibration_clips(clips, origin.cfg.frames, origin.cfg.image_size,
+                                          int(target.calibration.get("clips", 16)))
+    model = identity_form(origin)
+    student = DpuQatModel(model, passes, calibrated_positions(model, passes, calibration))
+    return student, lambda qat, out: save_qat_checkpoint(qat, out, target_name)
 
 
 def clip_source(folder: Path) -> VideoSource:
@@ -101,7 +150,8 @@ def training_clips(source: VideoSource, frames: int, image_size: tuple[int, int]
 def settings_of(args: argparse.Namespace, source: VideoSource) -> Settings:
     """What defines a finetune run, by flag: a resumed run must have all of it unchanged."""
     return {"--teacher": str(args.teacher.resolve()), "--student": args.student or "", "--qat": args.qat,
-            "--bits": args.bits if args.qat else "", "--init": str(args.init.resolve()) if args.init else "",
+            "--bits": args.bits if args.qat else "",
+            **({"--qat-target": args.qat_target} if args.qat_target != "finn" else {}), "--init": str(args.init.resolve()) if args.init else "",
             "--clips": str(args.clips.resolve()), "--clips videos": list_digest(source, args.clips),
             "--epochs": args.epochs, "--batch": args.batch, "--lr": args.lr, "--seed": args.seed, "--amp": args.amp,
             "--sync-bn": args.sync_bn}
@@ -152,7 +202,13 @@ def _finetune(args: argparse.Namespace, runtime: Runtime) -> int:
     world = runtime.world
     teacher, _ = load_model(args.teacher)
     teacher.eval().requires_grad_(False)
-    if args.qat:
+    dpu_qat = args.qat and args.qat_target != "finn"
+    if dpu_qat:
+        origin = load_model(args.init)[0].eval() if args.init else teacher
+        name = f"{origin.cfg.arch}-qat-{args.qat_target}"
+        recipe = (f"QAT at {args.qat_target}'s INT8 (power-of-two positions calibrated, then frozen): KL(T=2) on logits "
+                  f"+ CE, straight-through estimators")
+    elif args.qat:
         from vidconv_deploy.finn.model import Bits
 
         bits = Bits.parse(args.bits)
@@ -174,7 +230,9 @@ def _finetune(args: argparse.Namespace, runtime: Runtime) -> int:
     if not len(dataset):
         raise UserError(f"no usable videos in {args.clips} ({dataset.skips.counts()}): give --clips a folder of videos")
     tests = usable_test_videos(args.clips, cfg.frames, cfg.image_size)
-    if args.qat:
+    if dpu_qat:
+        student, save = dpu_student_for_qat(origin, args.qat_target, args.clips)
+    elif args.qat:
         from vidconv_deploy.finn.checkpoint import save_finn_checkpoint
 
         student, save = finn_student(origin, args.bits, args.clips), save_finn_checkpoint
@@ -194,7 +252,8 @@ def _finetune(args: argparse.Namespace, runtime: Runtime) -> int:
         if args.qat:
             with torch.no_grad():
                 target = teacher(clips)
-            return criterion(forward(clips).value, target, labels=known)
+            logits = forward(clips)
+            return criterion(logits if dpu_qat else logits.value, target, labels=known)
         with torch.no_grad():
             t_logits, t_features = teacher.forward_with_features(clips)
         s_logits, s_features = forward(clips)
@@ -218,7 +277,10 @@ def _finetune(args: argparse.Namespace, runtime: Runtime) -> int:
                          "amp": args.amp, "loss": recipe, "minutes": round(minutes, 1), "machine": runtime.describe(),
                          "history": state.history},
             "made_with": f"vidconv-finetune {made_with}"}
-    if args.qat:
+    if dpu_qat:
+        card["qat"] = {"target": args.qat_target, "positions": "calibrated on the clips as the DPU export calibrates, "
+                       "then frozen; stored in the checkpoint's header, which vidconv-export --checkpoint pins"}
+    elif args.qat:
         card["bits"] = str(student.bits)
     if tests is not None:  # scored before anything is written: a failure leaves no weights without a card
         scores, _ = score_split([item for item, _ in tests.videos],
