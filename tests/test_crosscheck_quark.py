@@ -1,7 +1,7 @@
 """``vidconv-export --target dpu-* --crosscheck quark`` on the shipped demo model (vic-nano-dpu, one calibration
 clip): Quark XINT8's fix positions and int8 codes against ours, tensor by tensor, each difference with its rule,
 the QDQ graphs compared in ONNX Runtime, both accuracies; the step not run without the flag; the flag refused
-on a non-DPU target."""
+on a non-DPU target or without amd-quark, before any work."""
 
 from __future__ import annotations
 
@@ -104,4 +104,14 @@ def test_flag_on_a_non_dpu_target_is_one_line(tmp_path, capsys):
     assert export_main(["--target", "onnx", "--crosscheck", "quark", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == ["vidconv-export: error: --crosscheck applies to dpu-* targets, not onnx: drop it or choose such a target"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_flag_without_quark_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    from vidconv_deploy.quark import env
+
+    monkeypatch.setattr(env, "quark_version", lambda: None)  # as if amd-quark were not installed
+    assert export_main(["--target", "dpu-kv260", "--crosscheck", "quark", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"vidconv-export: error: --crosscheck quark: amd-quark 0.13 is not installed: {env.INSTALL_FIX}"]
     assert not any(tmp_path.iterdir())

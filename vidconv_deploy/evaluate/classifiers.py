@@ -101,6 +101,10 @@ def bundle_classifiers(bundle: Path, include_reference: bool = True, teacher: Pa
     if family == "vaiep":  # Quark's QDQ graphs on ONNX Runtime's CPU EP (the EP's device is not here)
         found["Quark QDQ (ONNX Runtime CPU)"] = Streaming(StreamingSplit(
             grid, OnnxRuntimeRunner(path("quark_early_onnx")), OnnxRuntimeRunner(path("quark_later_onnx"))))
+        if "quark_int8_onnx" in artifacts:  # a BF16/mixed bundle: the INT8 graphs it is measured against
+            int8 = path("quark_int8_onnx")
+            found["Quark INT8 QDQ (ONNX Runtime CPU)"] = Streaming(StreamingSplit(
+                grid, OnnxRuntimeRunner(int8 / "early.onnx"), OnnxRuntimeRunner(int8 / "later.onnx")))
     if family == "dpu":
         quant = path("quant_onnx")
         early, later = quant / "early.onnx", quant / "later.onnx"

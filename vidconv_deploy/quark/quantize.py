@@ -20,8 +20,14 @@ from vidconv_deploy.quark.env import import_quark, quark_session
 
 #: Quark's configs by the name our recipes use (quark/onnx/quantization/config/custom_config.py):
 #: XINT8 = int8 symmetric, power-of-two scales, NPU CNN on (DPU refinement and simulation);
-#: VINT8 = the same scales for VAIML (the Versal AI Edge Gen 2 NPU), NPU CNN off.
-CONFIGS = ("XINT8", "VINT8")
+#: VINT8 = the same scales for VAIML (the Versal AI Edge Gen 2 NPU), NPU CNN off;
+#: BF16 = every tensor in bfloat16 (BF16_QCONFIG).
+CONFIGS = ("XINT8", "VINT8", "BF16")
+#: Quark writes BF16 as its own com.amd.quark ExtendedQuantizeLinear/DequantizeLinear, which ONNX Runtime
+#: runs only with Quark's op library; BF16QDQToCast turns each pair into standard Casts to bfloat16 and back
+#: (postprocess/postproc.py apply_post_optimization_after_algo, tools/replace_bfloat16_qdq_cast.py), which
+#: any ONNX Runtime runs and the Vitis AI EP's table lists (Cast: FP32/BF16 and INT8).
+BF16_AS_CAST = {"BF16QDQToCast": True}
 
 
 @dataclasses.dataclass
@@ -65,30 +71,58 @@ class _Feeds:
         self._it = iter(self.feeds)
 
 
-def quark_config(name: str, exclude: Sequence[str] = (), extra: Mapping[str, Any] | None = None) -> Any:
-    """Quark's QConfig ``name`` (XINT8 or VINT8) with ``exclude`` nodes left in float and ``extra`` options."""
+def quark_config(name: str, exclude: Sequence[str] = (), extra: Mapping[str, Any] | None = None,
+                 bf16_nodes: Sequence[str] = ()) -> Any:
+    """Quark's QConfig ``name`` (XINT8, VINT8 or BF16) with ``exclude`` nodes left in float, ``bf16_nodes`` in
+    bfloat16 (their inputs and weights: a mixed INT8/BF16 graph) and ``extra`` options.
+
+    The mixed form is the one AMD's own mixed-precision driver builds for the Gen 2 NPU: the INT8 config
+    global, ``specific_layer_config`` mapping a BF16 QLayerConfig (input tensors and weight) to node names
+    (Xilinx/ross-ai-assistant skills/vai-quantization-guide/scripts/mixed_precision_quantize.py
+    build_qconfig_from_json, --fp-nodes); Quark maps it to per-tensor overrides
+    (quark/onnx/quantization/config/maps.py _map_specific_layer_config).
+    """
     if name not in CONFIGS:
         raise ValueError(f"Quark config {name!r}: use one of {', '.join(CONFIGS)}")
     qonnx = import_quark()
     base = getattr(qonnx, f"{name}_QCONFIG")
     # Quark's own configs pass extra_options=... as a keyword, which QConfig keeps nested under that key.
     # VINT8 calibrates on random data by default (UseRandomData): ours is calibrated on the real feeds.
-    options = {**base.extra_options["extra_options"], "PrintSummary": False, "UseRandomData": False, **(extra or {})}
-    # A fresh layer config each time: Quark rewrites the one it is given (activation -> input_tensors)
-    # and then refuses it. Both configs quantize every tensor with XInt8Spec (custom_config.py).
-    layer = qonnx.QLayerConfig(input_tensors=qonnx.XInt8Spec(), weight=qonnx.XInt8Spec())
-    return qonnx.QConfig(global_config=layer, exclude=list(exclude), extra_options=options)
+    bf16 = name == "BF16" or bool(bf16_nodes)
+    options = {**base.extra_options["extra_options"], "PrintSummary": False, "UseRandomData": False,
+               **(BF16_AS_CAST if bf16 else {}), **(extra or {})}
+    # Fresh layer configs each time: Quark rewrites the one it is given (activation -> input_tensors)
+    # and then refuses it. XINT8 and VINT8 quantize every tensor with XInt8Spec (custom_config.py).
+    spec = qonnx.BFloat16Spec if name == "BF16" else qonnx.XInt8Spec
+    layer = qonnx.QLayerConfig(input_tensors=spec(), weight=spec())
+    # The bias too (AMD's driver leaves it to the global config): an int8 bias scaled for a bf16 input is no
+    # form a BF16 node computes in.
+    bf16_layer = qonnx.QLayerConfig(input_tensors=qonnx.BFloat16Spec(), weight=qonnx.BFloat16Spec(), bias=qonnx.BFloat16Spec())
+    specific = {bf16_layer: list(bf16_nodes)} if bf16_nodes else None
+    return qonnx.QConfig(global_config=layer, specific_layer_config=specific, exclude=list(exclude), extra_options=options)
+
+
+def named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every node with a name: Quark leaves the Casts of its BF16 pairs unnamed; each takes the name of the
+    Quantize/DequantizeLinear it replaced (its output's name without ``_Output``), so findings can name it."""
+    for node in model.graph.node:
+        if not node.name:
+            node.name = node.output[0].removesuffix("_Output")
+    return model
 
 
 def quantize_with_quark(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], config: str = "XINT8",
-                        exclude: Sequence[str] = (), extra: Mapping[str, Any] | None = None) -> QuarkResult:
-    """``model`` quantized by Quark's ``config`` on ``feeds`` (one dict per calibration sample)."""
+                        exclude: Sequence[str] = (), extra: Mapping[str, Any] | None = None,
+                        bf16_nodes: Sequence[str] = ()) -> QuarkResult:
+    """``model`` quantized by Quark's ``config`` on ``feeds`` (one dict per calibration sample), ``bf16_nodes`` in
+    bfloat16 (see :func:`quark_config`)."""
     qonnx = import_quark()
-    qconfig = quark_config(config, exclude, extra)
-    options = {"config": config, "exclude": list(exclude), "extra_options": dict(qconfig.extra_options["extra_options"])}
+    qconfig = quark_config(config, exclude, extra, bf16_nodes)
+    options = {"config": config, "exclude": list(exclude), "bf16_nodes": list(bf16_nodes),
+               "extra_options": dict(qconfig.extra_options["extra_options"])}
     with tempfile.TemporaryDirectory(prefix="vidconv-quark-") as tmp, quark_session() as log:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "quant.onnx"
         onnx.save(model, str(src))
         qonnx.ModelQuantizer(qconfig).quantize_model(str(src), str(dst), _Feeds(feeds))
-        quantized = topologically_sorted(onnx.load(str(dst)))
+        quantized = named(topologically_sorted(onnx.load(str(dst))))
     return QuarkResult(quantized, options, log.getvalue())

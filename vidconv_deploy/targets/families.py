@@ -112,11 +112,18 @@ def quant_recovery(target: Target, options: argparse.Namespace) -> str:
 
 def validate_dpu(target: Target, options: argparse.Namespace) -> None:
     """The recipe's quantizer.recovery names a recovery (the flag's choices are checked by argparse); then the
-    calibration options."""
+    calibration options. ``--crosscheck quark`` needs amd-quark importable (checked here, not when the step comes)."""
     recovery = quant_recovery(target, options)
     if recovery not in RECOVERY_METHODS:
         raise UserError(f"recipe {target.name}: quantizer.recovery {recovery!r} is not one of {', '.join(RECOVERY_METHODS)}; "
                         "fix the recipe or give --quant-recovery")
+    if getattr(options, "crosscheck", None) == "quark":
+        from vidconv_deploy.quark.env import import_quark
+
+        try:
+            import_quark()
+        except UserError as err:
+            raise UserError(f"--crosscheck quark: {err}") from None
     validate_calibration(target, options)
 
 
@@ -159,10 +166,13 @@ def finn_tools(target: Target) -> list[Tool]:
 
 
 def validate_vaiep(target: Target, options: argparse.Namespace) -> None:
-    """amd-quark 0.13 is here (scripts/quark-install.sh); then the calibration options."""
+    """amd-quark 0.13 is here (scripts/quark-install.sh), the recipe's precision keys are valid for the device;
+    then the calibration options."""
     from vidconv_deploy.quark.env import import_quark
+    from vidconv_deploy.targets.vaiep_steps import recipe_precision
 
     import_quark()
+    recipe_precision(target)  # quantizer.precision, bf16_nodes, bf16_auto
     validate_calibration(target, options)
 
 

@@ -2,28 +2,42 @@
 ``vitisai_config.json`` and session code, the EP compile (where the EP is), accuracy and the report.
 
 Quark calibrates on the same feeds as our own quantizer (every frame for the early graph, each
-clip's host collage for the later one). Without the EP and its device the compile step writes
-``ep/run_ep.py`` and records that it did not run; the QDQ graphs' accuracy is ONNX Runtime's CPU run.
+clip's host collage for the later one). Under a recipe's ``quantizer.precision`` bf16 or mixed_bf16
+(a device that computes BF16) the INT8 graphs are made first, kept in ``quark_int8/`` and measured
+against the deployed ones (:mod:`vidconv_deploy.quark.precision`). Without the EP and its device the
+compile step writes ``ep/run_ep.py`` and records that it did not run; the QDQ graphs' accuracy is
+ONNX Runtime's CPU run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from vidconv_deploy.atomic import write_text
+from vidconv_deploy.atomic import write_bytes, write_text
+from vidconv_deploy.errors import UserError
 from vidconv_deploy.quark.env import versions
 from vidconv_deploy.quark.ep import run_ep_script, vitisai_config
-from vidconv_deploy.quark.quantize import quantize_with_quark
+from vidconv_deploy.quark.precision import (Precision, bf16_nodes, choose_bf16_nodes, int8_errors, int8_only_missing,
+                                            sqnr_db, unknown_nodes)
+from vidconv_deploy.quark.quantize import QuarkResult, quantize_with_quark
 from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun
 from vidconv_deploy.targets.steps import step
 
 EP = "VitisAIExecutionProvider"
+#: Where a bf16/mixed_bf16 bundle keeps the INT8 graphs it is measured against.
+INT8_ARTIFACT, INT8_DIR = "quark_int8_onnx", "quark_int8"
+
+
+def recipe_precision(target) -> Precision:  # noqa: ANN001 - a Target (registry imports the steps)
+    """The target's ``quantizer.precision`` choice, checked against its rule set's ``quark.bf16``."""
+    return Precision.of(target.name, target.quantizer, bool(target.ruleset.data["quark"].get("bf16")))
 
 
 def _feeds(ctx: ExportContext) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -45,23 +59,74 @@ def register_loaders(ctx: ExportContext) -> None:
     ctx.loader("quark", "quark_quantize", _quark_from_bundle)
 
 
+def _streaming_logits(ctx: ExportContext, early: onnx.ModelProto, later: onnx.ModelProto) -> list[np.ndarray]:
+    split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(early), OnnxRuntimeRunner(later))
+    return [split.run_clip(clip).logits[0] for clip in ctx.value("calibration")["clips"]]
+
+
+def _mixed(ctx: ExportContext, precision: Precision, int8: dict[str, QuarkResult]) -> tuple[dict[str, QuarkResult], dict]:
+    """The bf16/mixed_bf16 graphs and how their BF16 nodes were chosen (per graph: recipe, or the ops the table
+    lists without INT8 and the worst INT8 errors)."""
+    spec, data = ctx.target.ruleset.data["quark"], ctx.target.ruleset.data
+    feeds, graphs = ctx.value("quark_feeds"), ctx.value("graphs")
+    exclude = list(ctx.target.quantizer.get("nodes_to_exclude", []))
+    if unknown := unknown_nodes(precision, graphs):
+        raise UserError(f"recipe {ctx.target.name}: quantizer.bf16_nodes names {', '.join(map(repr, unknown))}, a node "
+                        f"of neither streaming graph: give node names of early.onnx or later.onnx in the bundle")
+    results, why = {}, {}
+    for g in GRAPHS:
+        errors = int8_errors(int8[g].model, graphs[g], feeds[g])
+        int8_less = int8_only_missing(graphs[g], data.get("table", {}).get("ops", {}))
+        chosen = choose_bf16_nodes(graphs[g], precision, errors, int8_less)
+        config = "BF16" if precision.name == "bf16" else spec["config"]
+        results[g] = quantize_with_quark(graphs[g], feeds[g], config, exclude,
+                                         bf16_nodes=chosen if precision.name == "mixed_bf16" else ())
+        why[g] = {"by": "recipe" if precision.nodes else "auto", "without_int8": int8_less,
+                  "worst_int8": [{"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": round(e.sqnr_db, 2)}
+                                 for e in errors[:max(precision.auto, 3)]]}
+    return results, why
+
+
 @step("quark_quantize", "quantize (Quark)")
 def step_quark_quantize(ctx: ExportContext, run: StepRun) -> None:
-    """Both streaming graphs through Quark's config for this target (XINT8 or VINT8), excluded nodes left in float."""
+    """Both streaming graphs through Quark's config for this target (XINT8 or VINT8), excluded nodes left in float;
+    under precision bf16 or mixed_bf16 the deployed graphs have BF16 nodes, measured against the INT8 ones."""
     spec = ctx.target.ruleset.data["quark"]
+    precision = recipe_precision(ctx.target)
     exclude = list(ctx.target.quantizer.get("nodes_to_exclude", []))
     feeds, graphs = ctx.value("quark_feeds"), ctx.value("graphs")
-    results = {g: quantize_with_quark(graphs[g], feeds[g], spec["config"], exclude) for g in GRAPHS}
+    int8 = {g: quantize_with_quark(graphs[g], feeds[g], spec["config"], exclude) for g in GRAPHS}
+    results, chosen = (int8, {}) if precision.name == "int8" else _mixed(ctx, precision, int8)
     ctx.set("quark", {g: r.model for g, r in results.items()})
     for g, r in results.items():
         ctx.bundle.write_onnx(f"quark_{g}_onnx", f"quark/{g}.onnx", r.model)
         write_text(ctx.directory / "quark" / f"{g}.log", r.log)
-    config = {"config": spec["config"], "source": spec["source"], "nodes_to_exclude": exclude,
-              "options": results["early"].options["extra_options"], "versions": versions()}
+    forms = {spec["config"]: int8}
+    if precision.name != "int8":
+        for g, r in int8.items():
+            write_bytes(ctx.directory / INT8_DIR / f"{g}.onnx", r.model.SerializeToString())
+        ctx.bundle.record_dir(INT8_ARTIFACT, INT8_DIR)
+        forms[precision.name] = results
+    # logits of each form against the float graphs', end to end through the streaming split, on the calibration clips
+    reference = _streaming_logits(ctx, graphs["early"], graphs["later"])
+    measured = {}
+    for name, form in forms.items():
+        logits = _streaming_logits(ctx, form["early"].model, form["later"].model)
+        sqnr = sqnr_db(reference, logits)
+        measured[name] = {"logits_sqnr_db": round(sqnr, 3) if math.isfinite(sqnr) else None,
+                          "top1_agreement": float(np.mean([a.argmax() == b.argmax() for a, b in zip(reference, logits, strict=True)]))}
+    in_bf16 = {g: bf16_nodes(r.model) for g, r in results.items()}
+    record = {"config": spec["config"], "precision": precision.name, "nodes_to_exclude": exclude,
+              "bf16_nodes": in_bf16, "bf16_choice": chosen, "vs_float": measured,
+              "vs_float_on": f"{len(reference)} calibration clips, streaming split, ONNX Runtime CPU",
+              "versions": versions()}
+    config = {**record, "source": spec["source"], "options": results["early"].options["extra_options"]}
+    if precision.name != "int8":
+        config["bf16_source"] = spec["bf16_source"]
     ctx.bundle.write_json("quark_config", "quark/quark_config.json", config)
-    ctx.fields["quark"] = {"config": spec["config"], "nodes_to_exclude": exclude, "versions": versions()}
-    run.record.update(config=spec["config"], clips=len(ctx.value("calibration")["clips"]),
-                      frames=len(feeds["early"]))
+    ctx.fields["quark"] = record
+    run.record.update(config=spec["config"], precision=precision.name, clips=len(ctx.value("calibration")["clips"]),
+                      frames=len(feeds["early"]), bf16_nodes=sum(len(v) for v in in_bf16.values()))
 
 
 @step("ep_config", "EP config and session code")
@@ -94,12 +159,30 @@ def step_ep_compile(ctx: ExportContext, run: StepRun) -> None:
     ctx.verdict.record("built", True, "the Vitis AI EP compiled both graphs with CPU fallback disabled")
 
 
+def _precision_lines(quark: dict, compiled: dict) -> list[str]:
+    """The report's precision section: each form's logits against float and, for BF16, which nodes and why."""
+    lines = ["## Precision", "", f"`quantizer.precision`: {quark['precision']}. Logits against the float graphs on the "
+             f"{quark['vs_float_on']}:", "", "| form | logits SQNR (dB) | top-1 agreement with float |", "|---|---|---|"]
+    lines += [f"| {name} | {'equal' if m['logits_sqnr_db'] is None else format(m['logits_sqnr_db'], '.2f')} | "
+              f"{m['top1_agreement']:.3f} |" for name, m in quark["vs_float"].items()]
+    for graph, nodes in quark["bf16_nodes"].items():
+        if nodes:
+            how = quark["bf16_choice"][graph]["by"]
+            lines += ["", f"BF16 nodes of the {graph} graph ({how}): " + ", ".join(f"`{n}` ({t})" for n, t in nodes.items())]
+    if quark["precision"] != "int8" and not compiled.get("ran"):
+        lines += ["", "The EP compile did not run: the BF16 nodes' placement and numerics on the NPU are unverified; "
+                      "the figures above are ONNX Runtime's CPU run of the Casts to bfloat16."]
+    return lines + [""]
+
+
 @step("vaiep_report", "report")
 def step_vaiep_report(ctx: ExportContext, run: StepRun) -> None:
     compliance = json.loads((ctx.directory / "compliance.json").read_text())
     lines = [f"# {ctx.model.cfg.arch} on {ctx.target.name}", "", ctx.target.description, "",
              f"Quantized by AMD Quark {ctx.fields['quark']['versions']['amd-quark']} with "
-             f"{ctx.fields['quark']['config']} (`quark/quark_config.json`).", "", "## Nodes that would fall back to the CPU", ""]
+             f"{ctx.fields['quark']['config']} (`quark/quark_config.json`).", ""]
+    lines += _precision_lines(ctx.fields["quark"], ctx.fields.get("ep_compile", {"ran": False}))
+    lines += ["## Nodes that would fall back to the CPU", ""]
     fallbacks = [(g, f) for g, r in compliance.items() for f in r["findings"]]
     lines += [f"- {g}: `{f['node']}` ({f['op_type']}, {f['severity']}): {f['message']}" for g, f in fallbacks] or \
              ["Every node maps to the device."]
