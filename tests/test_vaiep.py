@@ -21,7 +21,8 @@ def bundles(tmp_path_factory, tiny_dataset):
     codes = {t: export_main(["--target", t, "--calib-clips", "1", "--calib", str(tiny_dataset), "--out", str(out),
                              *(["--eval", str(tiny_dataset)] if t == "vaiep-ve2-npu" else [])])
              for t in ("vaiep-ve2-npu", "vaiep-vek280")}
-    return codes, {"vaiep-ve2-npu": out / "vic-nano-vaiep-ve2-npu", "vaiep-vek280": out / "vic-nano-dpu-vaiep-vek280"}
+    # the bundles of the targets' default models (vic-nano, vic-nano-dpu or their retrained -hard versions)
+    return codes, {t: next(out.glob(f"vic-nano*-{t}")) for t in codes}
 
 
 @pytest.mark.parametrize("target, config", [("vaiep-ve2-npu", "VINT8"), ("vaiep-vek280", "XINT8")])
@@ -95,3 +96,25 @@ def test_gen2_table_names_unlisted_and_unverified_ops():
     assert [(f.node, f.rule, f.severity) for f in result.findings] == [
         ("topk", "vaiep.unverified", "warning"), ("softmax", "vaiep.unverified", "warning")]
     assert result.findings[1].message == "Softmax sorts after Sin, past the rows of the table this rule set was written from"
+
+
+def test_vidconv_check_reports_an_op_after_sin_as_unverified(tmp_path, capsys):
+    """vidconv-check on the Gen 2 NPU: an op past the rows the table was read through (Sin) is a warning, not a
+    fallback; the graph stays compliant (exit 0) and the JSON names the node, the rule and the table's source."""
+    from onnx import TensorProto, helper
+
+    from vidconv_deploy.cli.check import main as check_main
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),  # a listed row: maps
+             helper.make_node("Tanh", ["r"], ["y"], name="tanh")]  # sorts after Sin, not in the rows read
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    path = tmp_path / "tanh.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert check_main([str(path), "--target", "vaiep-ve2-npu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["compliant"] is True
+    assert [(f["node"], f["op_type"], f["rule"], f["severity"], f["message"]) for f in result["findings"]] == [
+        ("tanh", "Tanh", "vaiep.unverified", "warning",
+         "Tanh sorts after Sin, past the rows of the table this rule set was written from")]
+    assert result["findings"][0]["source"] == "Vitis AI 6.2 docs, additional_information/ops_support.html (Supported Operators)"
