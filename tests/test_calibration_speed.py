@@ -17,6 +17,7 @@ from vidconv_deploy import build_model, parallel
 from vidconv_deploy.data.calibration import calibration_clips
 from vidconv_deploy.dpu.board_dir import io_fix_points
 from vidconv_deploy.export.deploy_model import to_deploy
+from vidconv_deploy.fixpoint import arithmetic as fixpoint
 from vidconv_deploy.export.onnx_export import STREAMING_FORBIDDEN, MethodModule, export_graph
 from vidconv_deploy.export.passes import apply_passes
 from vidconv_deploy.quant import quantize_onnx
@@ -43,7 +44,13 @@ def streaming():
     return early, later, frames, collages
 
 
-def test_fix_positions_equal_the_one_feed_at_a_time_calibration(streaming):
+@pytest.mark.parametrize("search", ["compiled", "torch"])
+def test_fix_positions_equal_the_one_feed_at_a_time_calibration(streaming, monkeypatch, search):
+    # the compiled kernel (fixpoint/native.py) and the torch code must both give the snapshot
+    if search == "torch":
+        monkeypatch.setattr(fixpoint, "kernel", lambda: None)
+    else:
+        assert fixpoint.kernel() is not None
     early, later, frames, collages = streaming
     early_q = quantize_onnx(early, frames)
     _, collage_fp = io_fix_points(early_q.model)

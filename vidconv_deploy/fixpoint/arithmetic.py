@@ -24,6 +24,8 @@ from fractions import Fraction
 
 import torch
 
+from vidconv_deploy.fixpoint.native import MAX_SCOPE, kernel
+
 BIT_WIDTH = 8
 QMIN, QMAX = -(1 << (BIT_WIDTH - 1)), (1 << (BIT_WIDTH - 1)) - 1
 #: ``nndct_max_fix_position`` default 12 (``VAI/nndct_shared/utils/option_list.py``); calibrate_int caps every
@@ -72,7 +74,13 @@ def quantize_int(x: torch.Tensor, fix_pos: int, mode: str) -> torch.Tensor:
 
 
 def fake_quantize(x: torch.Tensor, fix_pos: int, mode: str) -> torch.Tensor:
-    """``x`` quantized to int8 at ``fix_pos`` and back, in x's dtype (``fake_quantize_per_tensor``)."""
+    """``x`` quantized to int8 at ``fix_pos`` and back, in x's dtype (``fake_quantize_per_tensor``).
+
+    Half-up on a float32 tensor outside autograd (every activation of the calibration) runs in the
+    compiled kernel (:mod:`~vidconv_deploy.fixpoint.native`) in one pass, with the same result."""
+    native = kernel() if mode == "half_up" and x.dtype == torch.float32 and not x.requires_grad else None
+    if native is not None:
+        return native.fake_quantize_half_up(x, fix_pos).view(x.shape)
     scale = 2.0**fix_pos
     return round_float(x * scale, mode).clamp_(QMIN, QMAX).mul_(1.0 / scale)
 
@@ -82,6 +90,10 @@ def fake_quantize(x: torch.Tensor, fix_pos: int, mode: str) -> torch.Tensor:
 PRUNE_MARGIN = 1e-3
 #: The saturation bound sums every SATURATION_STRIDE-th value (a subset's error is a lower bound too).
 SATURATION_STRIDE = 8
+#: The compiled search sums in float64; candidates within this relative distance of the least error are
+#: summed again as the source sums them (float32 torch.sum, whose relative error is below 1e-5 at these
+#: sizes) to choose between them, so the choice is the torch search's.
+NEAR_TIE = 1e-4
 
 
 def diffs_fix_pos(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> int:
@@ -141,6 +153,9 @@ def diffs_search(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> DiffsSearch:
     start = int(torch.floor(torch.log2(1.0 / step)).item())
     if scope == 1:
         return DiffsSearch(start)
+    native = kernel()
+    if native is not None and scope <= MAX_SCOPE:
+        return _compiled_search(native, x, start, scope)
     peak = max(-low.item(), high.item())
     search = DiffsSearch(start, {start: measure(x, start)})
     for pos in range(start + 1, start + scope):
@@ -149,6 +164,22 @@ def diffs_search(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> DiffsSearch:
             break
         search.measured[pos] = measure(x, pos)
         if search.measured[pos].error < best_error:
+            search.position = pos
+    return search
+
+
+def _compiled_search(native, x: torch.Tensor, start: int, scope: int) -> DiffsSearch:
+    """Every candidate's error in one pass of the compiled kernel (float64 sums); near ties (:data:`NEAR_TIE`)
+    are decided by :func:`measure`'s float32 sums, first position first, as :func:`diffs_search` decides.
+    A candidate further than that from the least error has a larger float32 sum too, so it is never the choice."""
+    errors = [e * 4.0 ** -(start + k) for k, e in enumerate(native.diffs_errors(x, start, scope))]
+    least = min(errors)
+    near = [start + k for k, e in enumerate(errors) if e <= least * (1 + NEAR_TIE)]
+    if len(near) == 1:
+        return DiffsSearch(near[0])
+    search = DiffsSearch(near[0], {pos: measure(x, pos) for pos in near})
+    for pos in near[1:]:
+        if search.measured[pos].error < search.measured[search.position].error:
             search.position = pos
     return search
 
