@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -35,8 +36,9 @@ def _feed_list(feeds: Feeds) -> list[Mapping[str, np.ndarray]]:
     return [feeds] if isinstance(feeds, Mapping) else list(feeds)
 
 
-def _session(model: onnx.ModelProto, extra: Mapping[str, int]) -> tuple[ort.InferenceSession, list[str]]:
-    """An ORT CPU session without graph optimisations, with ``extra`` tensors (name -> elem type) as outputs."""
+def _session(model: onnx.ModelProto, extra: Mapping[str, int], threads: int) -> tuple[ort.InferenceSession, list[str]]:
+    """An ORT CPU session without graph optimisations, with ``extra`` tensors (name -> elem type) as outputs,
+    on ``threads`` intra-op threads (0: ONNX Runtime's default, every core; 1 inside the core pool)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     present = {o.name for o in model.graph.output}
     for name, elem in extra.items():
@@ -45,6 +47,7 @@ def _session(model: onnx.ModelProto, extra: Mapping[str, int]) -> tuple[ort.Infe
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between runs
+    options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session, [o.name for o in model.graph.output]
 
@@ -67,10 +70,48 @@ class TensorDiff:
     note: str = ""
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-        self.elements += diff.size
-        self.differing += int(np.count_nonzero(diff))
-        self.max_lsb = max(self.max_lsb, int(diff.max()) if diff.size else 0)
+        self.merge(lsb_counts(a, b))
+
+    def merge(self, counts: tuple[int, int, int]) -> None:
+        """Add one feed's :func:`lsb_counts`."""
+        elements, differing, max_lsb = counts
+        self.elements += elements
+        self.differing += differing
+        self.max_lsb = max(self.max_lsb, max_lsb)
+
+
+def lsb_counts(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
+    """Elements, elements that differ, and the largest difference in LSB of two int8 tensors."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return diff.size, int(np.count_nonzero(diff)), int(diff.max()) if diff.size else 0
+
+
+#: One feed's int8 comparison, tensor by tensor: (fix point, :func:`lsb_counts`).
+Counts = dict[str, tuple[int, tuple[int, int, int]]]
+
+
+def _merge_counts(rows: dict[str, TensorDiff], counts: Counts) -> None:
+    for key, (fix_point, part) in counts.items():
+        rows.setdefault(key, TensorDiff(key, fix_point)).merge(part)
+
+
+class _LazySession:
+    """An ORT session opened by the first feed that needs it (its outputs depend on that feed's run), once,
+    whichever core-pool thread gets there first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.session: ort.InferenceSession | None = None
+        self.names: list[str] = []
+
+    def open(self, make) -> None:
+        with self._lock:
+            if self.session is None:
+                self.session, self.names = make()
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.session is not None
+        return _run(self.session, self.names, feed)
 
 
 @dataclass
@@ -106,28 +147,36 @@ class ComparisonReport:
 
 
 class _OnnxRuntimeCheck:
-    """Accumulates :func:`compare_with_onnxruntime` feed by feed (the ORT session opens on the first run)."""
+    """Accumulates :func:`compare_with_onnxruntime` feed by feed: :meth:`measure` (any thread) compares one
+    feed, :meth:`merge` (in feed order) adds it up."""
 
-    def __init__(self, qdq_model: onnx.ModelProto) -> None:
+    def __init__(self, qdq_model: onnx.ModelProto, threads: int = 0) -> None:
         self.model = qdq_model
+        self.threads = threads
         self.report = ComparisonReport("integer reference vs ONNX Runtime fake-quant")
-        self.session: ort.InferenceSession | None = None
-        self.names: list[str] = []
+        self.session = _LazySession()
         self.rows: dict[str, TensorDiff] = {}
 
+    def measure(self, feed: Mapping[str, np.ndarray], ref: ReferenceRun) -> tuple[Counts, dict[str, str], dict[str, float]]:
+        self.session.open(lambda: _session(self.model, {q: TensorProto.INT8 for q in ref.quantize_outputs.values()}, self.threads))
+        got = self.session.run(feed)
+        counts = {key: (t.fix_point, lsb_counts(t.values, got[ref.quantize_outputs[key]])) for key, t in ref.tensors.items()}
+        inexact = {key: t.note for key, t in ref.tensors.items() if not t.float32_exact}
+        outputs = {name: float(np.max(np.abs(value.astype(np.float64) - got[name].astype(np.float64)))) if value.size else 0.0
+                   for name, value in ref.outputs.items()}
+        return counts, inexact, outputs
+
+    def merge(self, part: tuple[Counts, dict[str, str], dict[str, float]]) -> None:
+        counts, inexact, outputs = part
+        _merge_counts(self.rows, counts)
+        for key, note in inexact.items():
+            self.rows[key].float32_exact, self.rows[key].note = False, note
+        known = self.report.outputs_max_abs_diff
+        for name, diff in outputs.items():
+            known[name] = max(known.get(name, 0.0), diff)
+
     def add(self, feed: Mapping[str, np.ndarray], ref: ReferenceRun) -> None:
-        if self.session is None:
-            self.session, self.names = _session(self.model, {q: TensorProto.INT8 for q in ref.quantize_outputs.values()})
-        got = _run(self.session, self.names, feed)
-        for key, t in ref.tensors.items():
-            row = self.rows.setdefault(key, TensorDiff(key, t.fix_point))
-            row.add(t.values, got[ref.quantize_outputs[key]])
-            if not t.float32_exact:
-                row.float32_exact, row.note = False, t.note
-        outputs = self.report.outputs_max_abs_diff
-        for name, value in ref.outputs.items():
-            d = float(np.max(np.abs(value.astype(np.float64) - got[name].astype(np.float64)))) if value.size else 0.0
-            outputs[name] = max(outputs.get(name, 0.0), d)
+        self.merge(self.measure(feed, ref))
 
     def result(self) -> ComparisonReport:
         self.report.rows = list(self.rows.values())
@@ -135,14 +184,20 @@ class _OnnxRuntimeCheck:
 
 
 class _RoundingCheck:
-    """Accumulates :func:`rounding_differences` from each feed's two runs."""
+    """Accumulates :func:`rounding_differences` from each feed's two runs (:meth:`measure` in any thread)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, TensorDiff] = {}
 
+    @staticmethod
+    def measure(ort_run: ReferenceRun, dpu_run: ReferenceRun) -> Counts:
+        return {key: (t.fix_point, lsb_counts(t.values, dpu_run.tensors[key].values)) for key, t in ort_run.tensors.items()}
+
+    def merge(self, counts: Counts) -> None:
+        _merge_counts(self.rows, counts)
+
     def add(self, ort_run: ReferenceRun, dpu_run: ReferenceRun) -> None:
-        for key, t in ort_run.tensors.items():
-            self.rows.setdefault(key, TensorDiff(key, t.fix_point)).add(t.values, dpu_run.tensors[key].values)
+        self.merge(self.measure(ort_run, dpu_run))
 
     def result(self) -> ComparisonReport:
         report = ComparisonReport("DPU rounding (half up) vs ONNX Runtime rounding (half to even)")
@@ -197,46 +252,63 @@ def tensor_map(qdq_model: onnx.ModelProto) -> dict[str, str]:
     return {}
 
 
-class _LayerCheck:
-    """Accumulates :func:`layer_report` feed by feed: float tensors from ONNX Runtime, quantized ones given."""
+#: One feed's sums for a quantized tensor against float: signal, noise, dot, qq, n, max |error| in LSB, fix point.
+LayerSums = dict[str, tuple[float, float, float, float, int, float, int]]
 
-    def __init__(self, float_model: onnx.ModelProto, qdq_model: onnx.ModelProto) -> None:
+
+class _LayerCheck:
+    """Accumulates :func:`layer_report` feed by feed: float tensors from ONNX Runtime, quantized ones given;
+    :meth:`measure` (any thread) sums one feed, :meth:`merge` (in feed order) adds it up."""
+
+    def __init__(self, float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, threads: int = 0) -> None:
         self.float_model = float_model
+        self.threads = threads
         self.names = tensor_map(qdq_model)
         self.float_names = {n for node in float_model.graph.node for n in node.output} | {i.name for i in float_model.graph.input}
-        self.acc: dict[str, dict[str, float]] = {}
+        self.acc: dict[str, list[float]] = {}
         self.order: list[str] = []
         self.pairs: dict[str, str] = {}
-        self.session: ort.InferenceSession | None = None
-        self.outs: list[str] = []
+        self.session = _LazySession()
 
-    def add(self, feed: Mapping[str, np.ndarray], ref: ReferenceRun) -> None:
-        if self.session is None:
-            self.pairs = {k: self.names.get(k, k) for k in ref.tensors if self.names.get(k, k) in self.float_names}
-            self.session, self.outs = _session(self.float_model, {f: TensorProto.FLOAT for f in self.pairs.values()})
-            self.order = list(self.pairs)
-        got = _run(self.session, self.outs, feed)
+    def _open(self, ref: ReferenceRun) -> tuple[ort.InferenceSession, list[str]]:
+        self.pairs = {k: self.names.get(k, k) for k in ref.tensors if self.names.get(k, k) in self.float_names}
+        self.order = list(self.pairs)
+        return _session(self.float_model, {f: TensorProto.FLOAT for f in self.pairs.values()}, self.threads)
+
+    def measure(self, feed: Mapping[str, np.ndarray], ref: ReferenceRun) -> LayerSums:
+        self.session.open(lambda: self._open(ref))
+        got = self.session.run(feed)
+        sums: LayerSums = {}
         for key in self.order:
             t = ref.tensors[key]
             f = got[self.pairs[key]].astype(np.float64).reshape(-1)
             q = t.dequantized().astype(np.float64).reshape(-1)
-            a = self.acc.setdefault(key, {"signal": 0.0, "noise": 0.0, "dot": 0.0, "qq": 0.0, "n": 0, "lsb": 0.0, "fp": t.fix_point})
             err = q - f
-            a["signal"] += float(f @ f)
-            a["noise"] += float(err @ err)
-            a["dot"] += float(q @ f)
-            a["qq"] += float(q @ q)
-            a["n"] += f.size
-            a["lsb"] = max(a["lsb"], float(np.max(np.abs(err))) * 2.0 ** t.fix_point if f.size else 0.0)
+            lsb = float(np.max(np.abs(err))) * 2.0 ** t.fix_point if f.size else 0.0
+            sums[key] = (float(f @ f), float(err @ err), float(q @ f), float(q @ q), f.size, lsb, t.fix_point)
+        return sums
+
+    def merge(self, sums: LayerSums) -> None:
+        for key, (signal, noise, dot, qq, n, lsb, fix_point) in sums.items():
+            a = self.acc.setdefault(key, [0.0, 0.0, 0.0, 0.0, 0, 0.0, fix_point])
+            a[0] += signal
+            a[1] += noise
+            a[2] += dot
+            a[3] += qq
+            a[4] += n
+            a[5] = max(a[5], lsb)
+
+    def add(self, feed: Mapping[str, np.ndarray], ref: ReferenceRun) -> None:
+        self.merge(self.measure(feed, ref))
 
     def result(self) -> list[LayerStats]:
         stats = []
         for key in self.order:
-            a = self.acc[key]
-            sqnr = math.inf if a["noise"] == 0 else (10 * math.log10(a["signal"] / a["noise"]) if a["signal"] > 0 else -math.inf)
-            denom = math.sqrt(a["signal"] * a["qq"])
-            cosine = a["dot"] / denom if denom > 0 else (1.0 if a["signal"] == a["qq"] == 0 else 0.0)
-            stats.append(LayerStats(key, self.names.get(key, key), int(a["fp"]), int(a["n"]), sqnr, cosine, a["lsb"]))
+            signal, noise, dot, qq, n, lsb, fix_point = self.acc[key]
+            sqnr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+            denom = math.sqrt(signal * qq)
+            cosine = dot / denom if denom > 0 else (1.0 if signal == qq == 0 else 0.0)
+            stats.append(LayerStats(key, self.names.get(key, key), int(fix_point), int(n), sqnr, cosine, lsb))
         return stats
 
 
@@ -269,18 +341,25 @@ class IntegerChecks:
 
 def integer_checks(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: Feeds) -> IntegerChecks:
     """:func:`compare_with_onnxruntime`, :func:`rounding_differences` and :func:`layer_report` (DPU rounding)
-    in one pass: each feed runs through the integer reference once per rounding, not four times, the feeds
-    of a chunk at once on the core pool (ONNX Runtime's runs stay on this thread, with its own threads)."""
+    in one pass: each feed runs through the integer reference once per rounding, not four times, and
+    everything one feed needs (both reference runs, both ONNX Runtime runs, the comparisons) runs on a
+    core-pool worker, ONNX Runtime single-threaded there; the small per-feed sums are added in feed order."""
     executor = Executor(qdq_model)
-    exact, rounding, layers = _OnnxRuntimeCheck(qdq_model), _RoundingCheck(), _LayerCheck(float_model, qdq_model)
     feeds = _feed_list(feeds)
     with core_pool(max((np.asarray(v).size for f in feeds[:1] for v in f.values()), default=0)) as pool:
+        threads = 1 if pool.workers > 1 else 0
+        exact, rounding = _OnnxRuntimeCheck(qdq_model, threads), _RoundingCheck()
+        layers = _LayerCheck(float_model, qdq_model, threads)
+
+        def check(feed: Mapping[str, np.ndarray]):
+            ort_run, dpu_run = executor.run(feed, "onnxruntime"), executor.run(feed, "dpu")
+            return exact.measure(feed, ort_run), rounding.measure(ort_run, dpu_run), layers.measure(feed, dpu_run)
+
         for chunk in chunks(feeds, pool.workers):
-            runs = pool.map(lambda feed: (executor.run(feed, "onnxruntime"), executor.run(feed, "dpu")), chunk)
-            for feed, (ort_run, dpu_run) in zip(chunk, runs, strict=True):
-                exact.add(feed, ort_run)
-                rounding.add(ort_run, dpu_run)
-                layers.add(feed, dpu_run)
+            for exact_part, rounding_part, layer_part in pool.map(check, chunk):
+                exact.merge(exact_part)
+                rounding.merge(rounding_part)
+                layers.merge(layer_part)
     return IntegerChecks(exact.result(), rounding.result(), layers.result())
 
 
