@@ -139,8 +139,8 @@ def dpu_bundle(tmp_path_factory, tiny_dataset) -> Path:
 @pytest.mark.parametrize("argv,fragment", [
     (["--checkpoint", str(REPO / "models/vic-nano.safetensors"), "--arch", "vic-t", "--target", "onnx"],
      "--arch vic-t conflicts with"),
-    (["--target", "dpu-kv260", "--frames", "4"], "--frames 4 conflicts with"),  # shipped vic-nano-dpu has 9
-    (["--target", "onnx", "--image-size", "128"], "--image-size 128 conflicts with"),  # shipped vic-nano is 64
+    (["--target", "dpu-kv260", "--frames", "4"], "--frames 4 conflicts with"),  # shipped vic-nano-dpu-hard has 9
+    (["--target", "onnx", "--image-size", "128"], "--image-size 128 conflicts with"),  # shipped vic-nano-hard is 64
     (["--target", "onnx", "--calib", "X"], "--calib applies to dpu-*, finn-* and vaiep-* targets, not onnx"),
     (["--grid", "2x3", "--frames", "4"], "--grid 2x3 holds 6 frames, not --frames 4"),
 ], ids=["arch-vs-checkpoint", "frames-vs-shipped-dpu", "image-size-vs-shipped", "calib-on-onnx", "grid-vs-frames"])

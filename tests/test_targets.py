@@ -57,7 +57,7 @@ def test_one_list_of_targets_with_boards_and_recipes_from_data():
                               "finn-pynq-z2", "finn-vck190", "finn-zcu104", "onnx", "vaiep-ve2-npu", "vaiep-vek280"]
     kv260 = get_target("dpu-kv260")
     assert kv260.family == "dpu" and kv260.board["clock_mhz"] == 300 and kv260.ruleset.data["channel_parallel"] == 16
-    assert kv260.default_model == "vic-nano-dpu" and kv260.step_names[:2] == ("export_float", "rewrite")
+    assert kv260.default_model == "vic-nano-dpu-hard" and kv260.step_names[:2] == ("export_float", "rewrite")
     # inherited from _base_/dpu.yaml, which inherits _base_/onnx.yaml (the tolerance)
     assert [p.name for p in kv260.passes()][-2:] == ["fold-batchnorms", "split-temporal-channels"]
     assert kv260.passes()[-1].limit == 256 * 16 and kv260.recipe["tolerance"] == 1e-5

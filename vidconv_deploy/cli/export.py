@@ -5,9 +5,10 @@ dpu-<board> (the hardware variant lowered, checked, quantized with vai_q_pytorch
 integer reference and golden vectors, the Vitis AI compile step and the board dir) and
 finn-<board> (the Brevitas FINN variant at --bits, QONNX, finn-plus streamlining, HW layers,
 folding to --fps, resource estimates against the board, the bit-exact chain and the finn build
-step). With no arguments it runs the embedded default: the shipped demo model vic-nano to onnx;
---target dpu-kv260 or finn-kv260 alone takes the shipped vic-nano-dpu (or vic-nano-finn-w4a4) and
-synthetic calibration videos. A flag that conflicts with a checkpoint's own config is an error.
+step). With no arguments it runs the embedded default: the shipped demo model vic-nano-hard (trained
+on the hard synthetic set) to onnx; --target dpu-kv260 or finn-kv260 alone takes the shipped
+vic-nano-dpu-hard (or vic-nano-hard-finn-w4a4) and calibration videos made like its training data.
+A flag that conflicts with a checkpoint's own config is an error.
 
 Exit codes: 0 all that was asked holds; 1 a verdict failed (not exact, not compliant, not
 bit-exact, does not fit the board: --allow-unfit accepts that); 2 bad input or a tool error
@@ -39,7 +40,7 @@ from vidconv_deploy.finn.checkpoint import finn_metadata
 from vidconv_deploy.models.config import arch_names, arch_spec, parse_grid, split_arch
 from vidconv_deploy.models.variants import init_variant
 from vidconv_deploy.models.vidconv import VidConv, build_model
-from vidconv_deploy.models.zoo import shipped_class_names, shipped_weights
+from vidconv_deploy.models.zoo import model_card, shipped_class_names, shipped_name, shipped_weights, training_data
 from vidconv_deploy.targets.export import START_FROM_FIX, Outcome, bundle_dir, export_bundle
 from vidconv_deploy.targets.families import add_family_arguments, family, reject_foreign_flags, with_dpu
 from vidconv_deploy.targets.registry import Target, get_target, target_names
@@ -134,18 +135,20 @@ def conflicts(args: argparse.Namespace, model: VidConv, source: str) -> None:
                             f"--arch without --checkpoint for a randomly initialised model")
 
 
-def choose_weights(args: argparse.Namespace, target: Target) -> tuple[Path | None, Path | None]:
-    """The checkpoint to load (given, or the target's shipped default when no --arch is given) and the shipped FINN one."""
-    shipped_finn = shipped_weights(f"vic-nano-finn-{args.bits.lower()}") if target.family == "finn" else None
+def choose_weights(args: argparse.Namespace, target: Target) -> Path | None:
+    """The checkpoint to load: the one given, or with no --arch the target's shipped default (for finn-* the
+    recipe's QAT-trained ``qat_model`` at --bits when it ships, else ``default_model``); None: random weights."""
     if args.checkpoint is not None:
         if args.checkpoint.is_dir():
             raise UserError(f"checkpoint {args.checkpoint} is a folder: give the path of a weights file")
         if not args.checkpoint.is_file():
             raise UserError(f"checkpoint {args.checkpoint} does not exist: give the path of a weights file")
-        return args.checkpoint, shipped_finn
-    if args.arch is None:
-        return shipped_finn or shipped_weights(target.default_model), shipped_finn
-    return None, shipped_finn
+        return args.checkpoint
+    if args.arch is not None:
+        return None
+    qat_model = str(target.recipe.get("qat_model", "")) if target.family == "finn" else ""
+    return (shipped_weights(qat_model.format(bits=args.bits.lower())) if qat_model else None) or \
+        shipped_weights(target.default_model)
 
 
 def load_weights(args: argparse.Namespace, target: Target) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -163,11 +166,11 @@ def load_weights(args: argparse.Namespace, target: Target) -> tuple[torch.nn.Mod
         return build_model(arch, num_classes=args.classes or MODEL_DEFAULTS["classes"], frames=frames,
                            image_size=args.image_size, neck=not args.no_neck, grid=grid, **init)
 
-    checkpoint, shipped_finn = choose_weights(args, target)
+    checkpoint = choose_weights(args, target)
     if checkpoint is not None and finn_metadata(checkpoint) is not None:
         if target.family != "finn":
             raise UserError(f"{checkpoint} is a FINN checkpoint (vidconv-finetune --qat): export it with --target finn-<board>")
-        model, weights = load_finn_weights(checkpoint, shipped=checkpoint == shipped_finn)
+        model, weights = load_finn_weights(checkpoint, shipped_name(checkpoint))
         conflicts(args, model, str(checkpoint))
         if getattr(args, "bits_given", None) is None:
             args.bits = str(model.bits)
@@ -180,8 +183,12 @@ def load_weights(args: argparse.Namespace, target: Target) -> tuple[torch.nn.Mod
         weights = {"source": str(checkpoint), "layout": report.layout, "report": report.summary()}
         if report.layout == "vidconv":  # the file carries its config: a flag can only agree with it
             conflicts(args, model, str(checkpoint))
-        if checkpoint == shipped_weights(model.cfg.arch):
-            weights["source"] = f"shipped demo weights models/{checkpoint.name} (model card models/{model.cfg.arch}.yaml)"
+        name = shipped_name(checkpoint)
+        if name is not None:
+            weights.update(source=f"shipped demo weights models/{name}.safetensors (model card models/{name}.yaml)",
+                           shipped=name)
+        elif checkpoint.with_suffix(".yaml").is_file():
+            weights["card"] = str(checkpoint.with_suffix(".yaml"))
     else:
         torch.manual_seed(DEFAULT_SEED)
         model = build(**random_init)
@@ -193,13 +200,18 @@ def load_weights(args: argparse.Namespace, target: Target) -> tuple[torch.nn.Mod
     return model, weights
 
 
-def load_finn_weights(checkpoint: Path, shipped: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A QAT-trained FINN model, used as is, and the record of its weights (with its float teacher if found)."""
+def load_finn_weights(checkpoint: Path, shipped: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A QAT-trained FINN model (``shipped``: its shipped name, if it is one), used as is, and the record of its
+    weights (with its float teacher if found)."""
     from vidconv_deploy.finn.checkpoint import load_finn_checkpoint
 
     model = load_finn_checkpoint(checkpoint)
     where = f"shipped demo weights models/{checkpoint.name}" if shipped else str(checkpoint)
-    weights = {"source": f"{where} (FINN variant {model.bits})"}
+    weights: dict[str, Any] = {"source": f"{where} (FINN variant {model.bits})"}
+    if shipped:
+        weights["shipped"] = shipped
+    elif checkpoint.with_suffix(".yaml").is_file():
+        weights["card"] = str(checkpoint.with_suffix(".yaml"))
     teacher = finn_teacher(checkpoint)
     if teacher is not None:
         weights["teacher"] = str(teacher)
@@ -208,13 +220,16 @@ def load_finn_weights(checkpoint: Path, shipped: bool) -> tuple[torch.nn.Module,
 
 def finn_teacher(checkpoint: Path) -> Path | None:
     """The float model a FINN checkpoint was QAT-trained from, as its model card (``vidconv-finetune --qat``) names
-    it: that file if it exists, else the shipped weights of the card's teacher arch; None if neither is found."""
+    it: that file if it exists, else the shipped model of that file's name (the card's path is relative to where the
+    training ran), else the shipped weights of the card's teacher arch; None if none is found."""
     card_path = checkpoint.with_suffix(".yaml")
     if not card_path.is_file():
         return None
     source = (yaml.safe_load(card_path.read_text(encoding="utf-8")) or {}).get("distilled_from", {})
     named = Path(source.get("teacher", ""))
-    return named if named.is_file() else shipped_weights(source.get("arch", ""))
+    if named.is_file():
+        return named
+    return (shipped_weights(named.stem) if named.suffix == ".safetensors" else None) or shipped_weights(source.get("arch", ""))
 
 
 def to_dpu_variant(model: VidConv) -> tuple[VidConv, str]:
@@ -227,24 +242,39 @@ def to_dpu_variant(model: VidConv) -> tuple[VidConv, str]:
     return variant.eval(), note
 
 
-def class_names(args: argparse.Namespace, model: VidConv) -> list[str]:
-    """Class names from the shipped model card, else the calibration/eval dataset's classes.txt, else class_<i>."""
-    names = shipped_class_names(model.cfg.arch, model.cfg.num_classes) or []
+def model_data(weights: dict[str, Any]) -> dict[str, Any]:
+    """What the model was trained on (classes, the data's generator), from the card of its weights: a shipped model's,
+    else the card beside the checkpoint (vidconv-train and vidconv-finetune write one); empty when there is none."""
+    if "shipped" in weights:
+        return training_data(model_card(weights["shipped"]))
+    try:
+        card = yaml.safe_load(Path(weights["card"]).read_text(encoding="utf-8")) if "card" in weights else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a file that is no card says nothing about the model
+        card = None
+    return training_data(card) if isinstance(card, dict) else {}
+
+
+def class_names(args: argparse.Namespace, model: VidConv, weights: dict[str, Any]) -> list[str]:
+    """Class names from the model's card, else the shipped card of its arch, else the calibration/eval dataset's
+    classes.txt, else class_<i>."""
+    n = model.cfg.num_classes
+    names = model_data(weights).get("classes") or []
+    names = names if len(names) == n else shipped_class_names(model.cfg.arch, n) or []
     for folder in (getattr(args, "eval", None), getattr(args, "calib", None)):
         if not names and folder is not None and (folder / "classes.txt").is_file():
             names = (folder / "classes.txt").read_text(encoding="utf-8", errors="replace").split()
-    n = model.cfg.num_classes
     return list(names) if len(names) == n else [f"class_{i}" for i in range(n)]
 
 
 def step_inputs(args: argparse.Namespace, target: Target, model: torch.nn.Module, weights: dict[str, Any]) -> dict[str, Any]:
     """What the steps read besides the model, decoded before any bundle exists (bad videos fail here)."""
-    values: dict[str, Any] = {"class_names": class_names(args, model)}
+    values: dict[str, Any] = {"class_names": class_names(args, model, weights)}
     if target.family in ("dpu", "finn", "vaiep"):
         from vidconv_deploy.data.calibration import calibration_clips
 
         cfg = model.cfg
-        clips, source, skips = calibration_clips(args.calib, cfg.frames, cfg.image_size, args.calib_clips)
+        clips, source, skips = calibration_clips(args.calib, cfg.frames, cfg.image_size, args.calib_clips,
+                                                 data=model_data(weights))
         values["calibration"] = {"clips": clips, "source": source, "skips": skips}
     if target.family == "finn":
         values["teacher"] = load_model(weights["teacher"])[0].eval() if "teacher" in weights else None

@@ -43,9 +43,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def class_names(manifest: dict) -> list[str]:
-    """The model card's class names when they fit the model, else class_<i>."""
-    n = manifest["model"]["config"]["num_classes"]
-    return shipped_class_names(manifest["model"]["arch"], n) or [f"class_{i}" for i in range(n)]
+    """The model card's class names when they fit the model (the shipped model's the bundle names, else its arch's),
+    else class_<i>."""
+    model = manifest["model"]
+    n = model["config"]["num_classes"]
+    name = (model.get("weights") or {}).get("shipped") or model["arch"]
+    return shipped_class_names(name, n) or [f"class_{i}" for i in range(n)]
 
 
 def _main(argv: Sequence[str] | None) -> int:
