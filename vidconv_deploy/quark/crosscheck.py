@@ -253,14 +253,21 @@ def position_diffs(float_model: onnx.ModelProto, info: Mapping[str, Any], quark:
     graph = _Graph.of(float_model)
     keys = {t["float_tensor"]: k for k, t in info["onnx"]["tensors"].items()}
     pinned = {keys.get(name, name) for name in info["onnx"].get("fixed_fix_points", {})}
+    outputs = {o.name for o in float_model.graph.output}
     diffs = []
     for name in [*ours, *(n for n in theirs if n not in ours)]:
         mine, other = ours.get(name), theirs.get(name)
+        users = graph.consumers.get(name, [])
+        concat_input = mine is None and len(users) == 1 and users[0].op_type == "Concat" and name not in outputs
+        if concat_input:  # vai_q writes a sole-use Concat input at the Concat's position (graph.py quant_output)
+            mine = ours.get(users[0].output[0])
         if mine is not None and other is not None and mine.position == other.position:
             continue
         raw = calibrated.get(name)
         kind = (mine or other).kind
-        if mine is None or other is None:
+        if concat_input and mine is not None:
+            rule = "align_concat"
+        elif mine is None or other is None:
             producer = graph.producer.get(name)
             rule = "reshape_quantizer" if producer is not None and producer.op_type in PASS_THROUGH_OPS else UNEXPLAINED
         elif raw is not None and raw.position != other.position:
@@ -303,25 +310,43 @@ def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def operator_diffs(float_model: onnx.ModelProto, info: Mapping[str, Any], quark: onnx.ModelProto) -> list[OperatorDiff]:
-    """LeakyReLU slopes and average-pool factors where the two tools' DPU approximations differ."""
-    diffs = []
+def _pool_factor(quark: onnx.ModelProto, name: str) -> float | None:
+    """The constant of the Mul Quark's DPU simulation puts right after its pool (or mean) node ``name`` (None: no
+    such Mul).
+
+    Found through the node's own output, not its float tensor's name: a pool whose output is a graph output
+    writes ``<output>_QuantizeLinear_Input`` in Quark's graph.
+    """
     constants = {n.output[0]: float(numpy_helper.to_array(n.attribute[0].t)) for n in quark.graph.node if n.op_type == "Constant"}
+    pool = next((n for n in quark.graph.node if n.name == name), None)
+    if pool is None:
+        return None
+    return next((constants[n.input[1]] for n in quark.graph.node
+                 if n.op_type == "Mul" and n.input[0] == pool.output[0] and n.input[1] in constants), None)
+
+
+def operator_diffs(float_model: onnx.ModelProto, info: Mapping[str, Any], quark: onnx.ModelProto) -> list[OperatorDiff]:
+    """LeakyReLU slopes and average-pool factors where the two tools' DPU approximations differ, each read from
+    Quark's graph (its LeakyRelu's alpha, the Mul after its pool) against ours."""
+    diffs = []
     quark_nodes = {n.name: n for n in quark.graph.node}
     approximations = info["onnx"]["approximations"]
     for node in float_model.graph.node:
-        if node.op_type == "LeakyRelu":
-            alpha = _attr(node, "alpha", 0.01)
-            if round(alpha * 256) != DPU_LEAKY_SLOPE * 256:
-                diffs.append(OperatorDiff(node.name, node.op_type, float(DPU_LEAKY_SLOPE), round(alpha * 256) / 256,
-                                          "leaky_relu_slope"))
-        elif node.name in approximations and f"{node.output[0]}_Mul" in quark_nodes:
+        if node.op_type == "LeakyRelu" and node.name in quark_nodes:
+            theirs = float(_attr(quark_nodes[node.name], "alpha", 0.01))
+            if theirs != float(DPU_LEAKY_SLOPE):
+                diffs.append(OperatorDiff(node.name, node.op_type, float(DPU_LEAKY_SLOPE), theirs, "leaky_relu_slope"))
+        elif node.name in approximations and node.name in quark_nodes:
             ours = approximations[node.name]
             window = int(np.prod(ours["kernel"]))
             mine = Fraction(ours["multiplier"], 2 ** ours["shift"])
-            scale = constants.get(quark_nodes[f"{node.output[0]}_Mul"].input[1])
-            if scale is not None and not math.isclose(float(mine), scale / window, rel_tol=1e-6):
-                diffs.append(OperatorDiff(node.name, node.op_type, float(mine), scale / window, "pool_scale"))
+            scale = _pool_factor(quark, node.name)
+            if scale is None and node.op_type not in POOL_OPS:
+                continue
+            # a pool without the Mul: Quark simulates square windows only, any other computes the exact average
+            theirs = 1 / window if scale is None else scale / window
+            if not math.isclose(float(mine), theirs, rel_tol=1e-6):
+                diffs.append(OperatorDiff(node.name, node.op_type, float(mine), theirs, "pool_scale"))
     return diffs
 
 

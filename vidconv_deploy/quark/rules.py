@@ -90,8 +90,9 @@ RULES: dict[str, Rule] = {
         "[AveragePool] or ...` skips every node); Quark 0.13 fixed that test for its NPU targets."),
     "align_concat": Rule(
         "concat inputs and output aligned",
-        "nndct_change_concat_input_fix defaults to False; a sole-use input shares the concat's position through "
-        "quant_output (VAI/nndct_shared/utils/option_list.py; vidconv_deploy/quant/graph.py)",
+        "nndct_change_concat_input_fix defaults to False; a sole-use input has no quantizer of its own and is "
+        "written at the concat's calibrated position through quant_output (VAI/nndct_shared/utils/option_list.py; "
+        "VAI/nndct_shared/nndct_graph/nndctgraph_holder.py quant_output; vidconv_deploy/quant/graph.py)",
         "align_concat sets every input and the output to their smallest position (QUARK/postprocess/refinement/"
         "refine.py align_concat)",
         "either: vai_c_xir compiles vai_q's concats, and the smallest position is also valid. " + _COMPILER_INPUT),
@@ -143,7 +144,9 @@ RULES: dict[str, Rule] = {
     "pool_scale": Rule(
         "average-pool / mean DPU factor",
         "window sum times the DPU's dyadic factor (VAI/nndct_shared/utils/dpu_utils.py get_avgpool_dpu_coeff)",
-        "a Mul by the DPU factor after the pool (QUARK/postprocess/simulation/simulate_dpu.py "
-        "convert_avg_pool_to_dpu_version: fixed factors for 3, 5, 6, 7 and 14, else the closest k / 2**n)",
-        "vai_q's: the factor of vai_q's xmodel is the one vai_c_xir compiles."),
+        "a Mul by the DPU factor after the pool, for square windows only (QUARK/postprocess/simulation/simulate_dpu.py "
+        "convert_avg_pool_to_dpu_version: kernel_shape[0] == kernel_shape[1], or a GlobalAveragePool over a square "
+        "input; fixed factors for 3, 5, 6, 7 and 14, else the closest k / 2**n); any other window keeps the exact "
+        "average 1 / (kh * kw) ('Do not support rescale')",
+        "vai_q's: the factor of vai_q's xmodel is the one vai_c_xir compiles; on square windows both factors agree."),
 }
