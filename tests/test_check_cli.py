@@ -57,7 +57,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 def test_list_targets() -> None:
     assert list_targets() == ["dpu-kv260", "dpu-vck190", "dpu-vek280", "dpu-zcu102", "dpu-zcu104", "finn", "finn-kv260",
-                              "finn-pynq-z2", "finn-vck190", "finn-zcu104", "onnx", "vaiep-ve2-npu", "vaiep-vek280"]
+                              "finn-pynq-z2", "finn-vck190", "finn-zcu104", "onnx", "vaiep-ryzen-ai", "vaiep-ve2-npu", "vaiep-vek280"]
 
 
 def test_compliant_model_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

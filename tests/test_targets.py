@@ -54,7 +54,7 @@ def last_error(capsys) -> str:
 
 def test_one_list_of_targets_with_boards_and_recipes_from_data():
     assert target_names() == ["dpu-kv260", "dpu-vck190", "dpu-vek280", "dpu-zcu102", "dpu-zcu104", "finn-kv260",
-                              "finn-pynq-z2", "finn-vck190", "finn-zcu104", "onnx", "vaiep-ve2-npu", "vaiep-vek280"]
+                              "finn-pynq-z2", "finn-vck190", "finn-zcu104", "onnx", "vaiep-ryzen-ai", "vaiep-ve2-npu", "vaiep-vek280"]
     kv260 = get_target("dpu-kv260")
     assert kv260.family == "dpu" and kv260.board["clock_mhz"] == 300 and kv260.ruleset.data["channel_parallel"] == 16
     assert kv260.default_model == "vic-nano-dpu-hard" and kv260.step_names[:2] == ("export_float", "rewrite")

@@ -7,8 +7,9 @@ Two kinds of rule set:
 - ``dpu_rules`` (VEK280, Vitis AI 3.5): the EP compiles DPU subgraphs with the DPU compiler, so the
   DPU rule set of the same core decides; every op it keeps off the DPU falls back to ONNX Runtime's
   CPU EP (which has a kernel for every standard op, so "no board CPU kernel" also means fallback).
-- ``table`` (Versal AI Edge Gen 2 NPU, Vitis AI 6.2): AMD's alphabetical supported-operators table,
-  INT8 for quantized nodes and FP32/BF16 for nodes Quark leaves in float.
+- ``table`` (Versal AI Edge Gen 2 NPU, Vitis AI 6.2; Ryzen AI NPU, Ryzen AI 1.5): AMD's alphabetical
+  supported-operators table, its INT8 column (Ryzen AI: XINT8) for quantized nodes and its FP32/BF16
+  column (Ryzen AI: BF16) for nodes left in float or cast to bfloat16.
 
 QuantizeLinear/DequantizeLinear nodes are what the EP compiles the quantization from, not ops of their own.
 """
@@ -24,6 +25,8 @@ from vidconv_deploy.check.result import Finding
 from vidconv_deploy.check.ruleset import RuleSet, load_ruleset
 
 NPU, CPU = "NPU", "CPU"
+#: A table's two columns: the one float nodes are judged by, the one quantized nodes are (rule sets may name theirs).
+DEFAULT_COLUMNS = ("FP32/BF16", "INT8")
 
 
 def _finding(rules: RuleSet, op: Op, rule_id: str, message: str, source: str, **fmt: Any) -> Finding:
@@ -49,12 +52,13 @@ def _table_place(graph: ModelGraph, rules: RuleSet, op: Op, qdq: set[str], findi
         return NPU
     row = table["ops"].get(row_name)
     quantized = _quantized(graph, op, qdq)
-    column = "INT8" if quantized else "FP32/BF16"
+    column = table.get("columns", DEFAULT_COLUMNS)[1 if quantized else 0]
     if row is not None:
-        if row[1 if quantized else 0] == "Y":
+        cell = row[1 if quantized else 0]
+        if cell == "Y":
             return NPU
         findings.append(_finding(rules, op, "vaiep.cpu-fallback", f"{row_name} is listed without {column} support "
-                                 f"({column}: {row[1 if quantized else 0]})", table["source"]))
+                                 f"({column}: {'empty' if cell == '-' else cell})", table["source"]))
         return CPU
     if row_name > table["read_through"]:
         findings.append(_finding(rules, op, "vaiep.unverified", f"{row_name} sorts after {table['read_through']}, "
@@ -92,7 +96,8 @@ def check_vaiep(graph: ModelGraph, ops: list[Op], rules: RuleSet) -> tuple[dict[
     if graph.opset > data["max_opset"]:
         findings.append(Finding("<graph>", "-", "vaiep.opset", f"opset {graph.opset} is above {data['max_opset']}",
                                 rules.rule("vaiep.opset")["fix"].format(max_opset=data["max_opset"]),
-                                rules.rule("vaiep.opset")["source"].format(source=data["max_opset_source"])))
+                                rules.rule("vaiep.opset")["source"].format(source=data["max_opset_source"]),
+                                rules.rule("vaiep.opset")["severity"]))  # Ryzen AI: a recommendation, a warning
     for vi in graph.model.graph.input:
         if not graph.is_const(vi.name) and graph.static_shape(vi.name) is None:
             findings.append(Finding(vi.name, "input", "vaiep.static-shape", f"graph input {vi.name!r} is not static",

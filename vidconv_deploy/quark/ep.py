@@ -20,9 +20,10 @@ _RUN_EP = '''"""Load the Quark QDQ streaming graphs with ONNX Runtime's Vitis AI
 
 The first session compiles each graph for the device and writes the cache under CACHE_DIR; later
 sessions load it. CPU fallback is disabled: a node the device cannot take makes the session fail.
-Usage (on the board, in this folder): python3 run_ep.py
+Usage (on the device, in this folder): python3 run_ep.py
 """
 
+import os
 import pathlib
 
 import numpy as np
@@ -37,6 +38,7 @@ def session(graph):
     options = ort.SessionOptions()
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     provider = dict(PROVIDER_OPTIONS, {cache_dir}=str(CACHE_DIR), {cache_key}=graph)
+    provider = {{k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in provider.items()}}  # ${{...}} from the environment
     if "config_file" in provider and not pathlib.Path(provider["config_file"]).is_absolute():
         provider["config_file"] = str(HERE / provider["config_file"])
     return ort.InferenceSession(str(HERE.parent / "quark" / f"{{graph}}.onnx"), sess_options=options,
@@ -50,6 +52,12 @@ if __name__ == "__main__":
         out = s.run(None, {{inp.name: np.zeros(inp.shape, np.float32)}})[0]
         print(graph, "compiled and ran on", s.get_providers()[0], "output", out.shape)
 '''
+
+
+def ep_options(ep: Mapping[str, Any], precision: str) -> Mapping[str, Any]:
+    """The rule set's EP section for a model of ``precision``: a BF16 or mixed model takes the section's ``bf16``
+    keys where it has them (Ryzen AI: a config file instead of the INT8 xclbin), whole, not merged."""
+    return {**ep, **ep["bf16"]} if precision != "int8" and "bf16" in ep else ep
 
 
 def vitisai_config(ep: Mapping[str, Any]) -> dict[str, Any] | None:

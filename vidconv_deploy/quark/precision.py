@@ -48,8 +48,9 @@ class Precision:
     auto: int
 
     @classmethod
-    def of(cls, target_name: str, quantizer: Mapping[str, Any], bf16_supported: bool) -> Precision:
-        """The recipe's ``quantizer`` keys read and checked: a bad value or BF16 on an INT8-only device is a UserError."""
+    def of(cls, target_name: str, quantizer: Mapping[str, Any], bf16_supported: bool, mixed_supported: bool = True) -> Precision:
+        """The recipe's ``quantizer`` keys read and checked: a bad value, BF16 on an INT8-only device or a mixed
+        graph where the device's docs list no mixed model is a UserError."""
         name = str(quantizer.get("precision", "int8"))
         fix = "fix the recipe's quantizer section (export/README.md)"
         if name not in PRECISIONS:
@@ -57,6 +58,9 @@ class Precision:
         if name != "int8" and not bf16_supported:
             raise UserError(f"recipe {target_name}: quantizer.precision {name} needs BF16, which {target_name}'s device "
                             f"does not compute (its rule set's quark.bf16 is false): use precision int8")
+        if name == "mixed_bf16" and not mixed_supported:
+            raise UserError(f"recipe {target_name}: quantizer.precision mixed_bf16: {target_name}'s docs list INT8 and BF16 "
+                            f"models, not mixed ones (its rule set's quark.mixed_bf16 is false): use precision int8 or bf16")
         nodes = quantizer.get("bf16_nodes") or []
         auto = quantizer.get("bf16_auto", DEFAULT_AUTO)
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
@@ -132,8 +136,10 @@ def _weight_sqnr(model: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[s
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     found = {}
     for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in init:
+            continue
         original = node.input[0].removesuffix(PARAM_SUFFIX)
-        if node.op_type == "DequantizeLinear" and node.input[0] in init and original in floats:
+        if original in floats:
             codes, scale, zero = (init[i].astype(np.float64) for i in node.input[:3])
             if scale.size > 1:  # per channel, along the node's axis (default 1)
                 axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)

@@ -20,9 +20,10 @@ import onnx
 import onnxruntime as ort
 
 from vidconv_deploy.atomic import write_bytes, write_text
+from vidconv_deploy.check import check_model
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.quark.env import versions
-from vidconv_deploy.quark.ep import run_ep_script, vitisai_config
+from vidconv_deploy.quark.ep import ep_options, run_ep_script, vitisai_config
 from vidconv_deploy.quark.precision import (Precision, bf16_nodes, choose_bf16_nodes, int8_errors, int8_only_missing,
                                             sqnr_db, unknown_nodes)
 from vidconv_deploy.quark.quantize import QuarkResult, quantize_with_quark
@@ -36,8 +37,9 @@ INT8_ARTIFACT, INT8_DIR = "quark_int8_onnx", "quark_int8"
 
 
 def recipe_precision(target) -> Precision:  # noqa: ANN001 - a Target (registry imports the steps)
-    """The target's ``quantizer.precision`` choice, checked against its rule set's ``quark.bf16``."""
-    return Precision.of(target.name, target.quantizer, bool(target.ruleset.data["quark"].get("bf16")))
+    """The target's ``quantizer.precision`` choice, checked against its rule set's ``quark.bf16`` and ``quark.mixed_bf16``."""
+    quark = target.ruleset.data["quark"]
+    return Precision.of(target.name, target.quantizer, bool(quark.get("bf16")), bool(quark.get("mixed_bf16", True)))
 
 
 def _feeds(ctx: ExportContext) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -59,6 +61,11 @@ def register_loaders(ctx: ExportContext) -> None:
     ctx.loader("quark", "quark_quantize", _quark_from_bundle)
 
 
+def _finite(value: float, digits: int) -> float | None:
+    """``value`` rounded for the manifest; None for an infinite SQNR (no noise), which JSON cannot hold."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
 def _streaming_logits(ctx: ExportContext, early: onnx.ModelProto, later: onnx.ModelProto) -> list[np.ndarray]:
     split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(early), OnnxRuntimeRunner(later))
     return [split.run_clip(clip).logits[0] for clip in ctx.value("calibration")["clips"]]
@@ -75,16 +82,29 @@ def _mixed(ctx: ExportContext, precision: Precision, int8: dict[str, QuarkResult
                         f"of neither streaming graph: give node names of early.onnx or later.onnx in the bundle")
     results, why = {}, {}
     for g in GRAPHS:
-        errors = int8_errors(int8[g].model, graphs[g], feeds[g])
+        auto = precision.name == "mixed_bf16" and not precision.nodes
+        errors = int8_errors(int8[g].model, graphs[g], feeds[g]) if auto else []
         int8_less = int8_only_missing(graphs[g], data.get("table", {}).get("ops", {}))
         chosen = choose_bf16_nodes(graphs[g], precision, errors, int8_less)
         config = "BF16" if precision.name == "bf16" else spec["config"]
         results[g] = quantize_with_quark(graphs[g], feeds[g], config, exclude,
                                          bf16_nodes=chosen if precision.name == "mixed_bf16" else ())
-        why[g] = {"by": "recipe" if precision.nodes else "auto", "without_int8": int8_less,
-                  "worst_int8": [{"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": round(e.sqnr_db, 2)}
+        why[g] = {"by": "auto" if auto else "recipe" if precision.nodes else "every node", "without_int8": int8_less,
+                  "worst_int8": [{"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": _finite(e.sqnr_db, 2)}
                                  for e in errors[:max(precision.auto, 3)]]}
     return results, why
+
+
+def _check_deployed(ctx: ExportContext, results: dict[str, QuarkResult], precision: str) -> dict[str, list[dict]]:
+    """The verdict ``compliant_bf16``: the deployed graphs against the rule set, each node by its table column (INT8
+    after a DequantizeLinear, BF16 after a Cast). The check step judged the float graphs as all INT8; a BF16 node is
+    another row's cell (Ryzen AI lists LayerNormalization for XINT8 only, Relu has no BF16 cell)."""
+    found = {g: [{"node": f.node, "op_type": f.op_type, "rule": f.rule, "severity": f.severity, "message": f.message}
+                 for f in check_model(r.model, ctx.target.ruleset).findings] for g, r in results.items()}
+    errors = [f"{g}: {f['node']}" for g, fs in found.items() for f in fs if f["severity"] == "error"]
+    ctx.verdict.record("compliant_bf16", not errors, f"{precision} graphs: " + (", ".join(errors) + " fall back to the CPU"
+                                                                              if errors else "every op maps"))
+    return found
 
 
 @step("quark_quantize", "quantize (Quark)")
@@ -112,18 +132,20 @@ def step_quark_quantize(ctx: ExportContext, run: StepRun) -> None:
     measured = {}
     for name, form in forms.items():
         logits = _streaming_logits(ctx, form["early"].model, form["later"].model)
-        sqnr = sqnr_db(reference, logits)
-        measured[name] = {"logits_sqnr_db": round(sqnr, 3) if math.isfinite(sqnr) else None,
+        measured[name] = {"logits_sqnr_db": _finite(sqnr_db(reference, logits), 3),
                           "top1_agreement": float(np.mean([a.argmax() == b.argmax() for a, b in zip(reference, logits, strict=True)]))}
     in_bf16 = {g: bf16_nodes(r.model) for g, r in results.items()}
     record = {"config": spec["config"], "precision": precision.name, "nodes_to_exclude": exclude,
               "bf16_nodes": in_bf16, "bf16_choice": chosen, "vs_float": measured,
-              "vs_float_on": f"{len(reference)} calibration clips, streaming split, ONNX Runtime CPU",
+              "vs_float_on": f"{len(reference)} calibration clip{'s' if len(reference) != 1 else ''}, streaming split, "
+                             f"ONNX Runtime CPU",
               "versions": versions()}
     config = {**record, "source": spec["source"], "options": results["early"].options["extra_options"]}
     if precision.name != "int8":
         config["bf16_source"] = spec["bf16_source"]
     ctx.bundle.write_json("quark_config", "quark/quark_config.json", config)
+    if precision.name != "int8":
+        record["deployed_findings"] = _check_deployed(ctx, results, precision.name)
     ctx.fields["quark"] = record
     run.record.update(config=spec["config"], precision=precision.name, clips=len(ctx.value("calibration")["clips"]),
                       frames=len(feeds["early"]), bf16_nodes=sum(len(v) for v in in_bf16.values()))
@@ -131,12 +153,14 @@ def step_quark_quantize(ctx: ExportContext, run: StepRun) -> None:
 
 @step("ep_config", "EP config and session code")
 def step_ep_config(ctx: ExportContext, run: StepRun) -> None:
-    ep = ctx.target.ruleset.data["ep"]
+    ep = ep_options(ctx.target.ruleset.data["ep"], recipe_precision(ctx.target).name)
     config = vitisai_config(ep)
     if config is not None:
         ctx.bundle.write_json("vitisai_config", "ep/vitisai_config.json", config)
-    else:
+    elif "config_file" in ep["provider_options"]:
         run.record["vitisai_config"] = f"the board image's {ep['provider_options']['config_file']} ({ep['config_source']})"
+    else:  # Ryzen AI's INT8 models: the NPU configuration is an xclbin of the installation, no config file
+        run.record["vitisai_config"] = f"none: the provider options name the device ({ep['config_source']})"
     ctx.bundle.write("run_ep", "ep/run_ep.py", run_ep_script(ep, ctx.target.description))
     run.record.update(provider_options=dict(ep["provider_options"]), source=ep["config_source"])
 
@@ -166,8 +190,10 @@ def _precision_lines(quark: dict, compiled: dict) -> list[str]:
     lines += [f"| {name} | {'equal' if m['logits_sqnr_db'] is None else format(m['logits_sqnr_db'], '.2f')} | "
               f"{m['top1_agreement']:.3f} |" for name, m in quark["vs_float"].items()]
     for graph, nodes in quark["bf16_nodes"].items():
-        if nodes:
-            how = quark["bf16_choice"][graph]["by"]
+        how = quark["bf16_choice"].get(graph, {}).get("by")
+        if how == "every node":
+            lines += ["", f"The {graph} graph computes in BF16: {len(nodes)} nodes after a Cast to bfloat16."]
+        elif nodes:
             lines += ["", f"BF16 nodes of the {graph} graph ({how}): " + ", ".join(f"`{n}` ({t})" for n, t in nodes.items())]
     if quark["precision"] != "int8" and not compiled.get("ran"):
         lines += ["", "The EP compile did not run: the BF16 nodes' placement and numerics on the NPU are unverified; "
@@ -184,6 +210,8 @@ def step_vaiep_report(ctx: ExportContext, run: StepRun) -> None:
     lines += _precision_lines(ctx.fields["quark"], ctx.fields.get("ep_compile", {"ran": False}))
     lines += ["## Nodes that would fall back to the CPU", ""]
     fallbacks = [(g, f) for g, r in compliance.items() for f in r["findings"]]
+    fallbacks += [(f"{g} ({ctx.fields['quark']['precision']} graph)", f)
+                  for g, fs in ctx.fields["quark"].get("deployed_findings", {}).items() for f in fs]
     lines += [f"- {g}: `{f['node']}` ({f['op_type']}, {f['severity']}): {f['message']}" for g, f in fallbacks] or \
              ["Every node maps to the device."]
     compiled = ctx.fields.get("ep_compile", {"ran": False, "reason": "this recipe has no ep_compile step"})
