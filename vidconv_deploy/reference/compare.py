@@ -269,6 +269,9 @@ class _LayerCheck:
         self.order: list[str] = []
         self.pairs: dict[str, str] = {}
         self.session = _LazySession()
+        #: One feed at a time: the float run returns every tensor of the graph at once (a ViC-T 224 collage's
+        #: are about 270 MB, and float64 copies of the largest come on top), so workers take turns here.
+        self._one_at_a_time = threading.Lock()
 
     def _open(self, ref: ReferenceRun) -> tuple[ort.InferenceSession, list[str]]:
         self.pairs = {k: self.names.get(k, k) for k in ref.tensors if self.names.get(k, k) in self.float_names}
@@ -277,7 +280,10 @@ class _LayerCheck:
 
     def measure(self, feed: Mapping[str, np.ndarray], ref: ReferenceRun) -> LayerSums:
         self.session.open(lambda: self._open(ref))
-        got = self.session.run(feed)
+        with self._one_at_a_time:
+            return self._sums(self.session.run(feed), ref)
+
+    def _sums(self, got: dict[str, np.ndarray], ref: ReferenceRun) -> LayerSums:
         sums: LayerSums = {}
         for key in self.order:
             t = ref.tensors[key]
@@ -352,8 +358,12 @@ def integer_checks(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, fee
         layers = _LayerCheck(float_model, qdq_model, threads)
 
         def check(feed: Mapping[str, np.ndarray]):
-            ort_run, dpu_run = executor.run(feed, "onnxruntime"), executor.run(feed, "dpu")
-            return exact.measure(feed, ort_run), rounding.measure(ort_run, dpu_run), layers.measure(feed, dpu_run)
+            ort_run = executor.run(feed, "onnxruntime")
+            exact_part = exact.measure(feed, ort_run)
+            dpu_run = executor.run(feed, "dpu")
+            rounding_part = rounding.measure(ort_run, dpu_run)
+            del ort_run  # a ViC-T 224 collage's run holds about a GB: keep one per worker
+            return exact_part, rounding_part, layers.measure(feed, dpu_run)
 
         for chunk in chunks(feeds, pool.workers):
             for exact_part, rounding_part, layer_part in pool.map(check, chunk):
