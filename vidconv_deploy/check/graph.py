@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from vidconv_deploy.check.validate import validate_model
 from vidconv_deploy.errors import UserError
+from vidconv_deploy.onnx_shapes import infer_shapes
 
 # Op domains the checker can interpret; a rule set may add its own (FINN's custom ops).
 KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
@@ -165,7 +166,7 @@ def _toposort(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        return shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        return infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as err:  # onnx raises several internal error types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"shape inference failed ({first}): check the model with onnx.checker and re-export it") from None

@@ -18,7 +18,6 @@ and shape inference check their structure and standard nodes, and ONNX Runtime h
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -28,10 +27,10 @@ from onnx import helper, shape_inference
 from onnx.external_data_helper import ExternalDataInfo
 
 from vidconv_deploy.errors import UserError
+from vidconv_deploy.onnx_shapes import weightless
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 # Tensors up to this many elements keep their values for shape inference (shapes, axes, scales).
-_SMALL = 1 << 12
 _NODE_ERROR = re.compile(r"\(op_type:(?P<op>[^,]+), node name: (?P<node>[^)]*)\): (?:\[\w+\] )?(?P<why>.+)$")
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
@@ -89,20 +88,7 @@ def _light_view(proto: onnx.ModelProto) -> onnx.ModelProto:
     inferred one, or is left out: ONNX Runtime and the vendors' tools accept such outputs; that the
     declaration is incomplete is a finding of the ``onnx`` rule set, not a broken model.
     """
-    view = onnx.ModelProto()
-    view.ir_version, view.producer_name = proto.ir_version, proto.producer_name
-    view.opset_import.extend(proto.opset_import)
-    view.functions.extend(proto.functions)
-    graph = proto.graph
-    view.graph.name = graph.name
-    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(view.graph, field).extend(getattr(graph, field))
-    declared = {i.name for i in graph.input}
-    for tensor in graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL and math.prod(tensor.dims) <= _SMALL:
-            view.graph.initializer.append(tensor)
-        elif tensor.name not in declared:
-            view.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    view, graph = weightless(proto), proto.graph
     if any(not o.type.tensor_type.HasField("shape") for o in graph.output):
         try:
             inferred = {o.name: o for o in shape_inference.infer_shapes(view, strict_mode=False).graph.output}

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.fixpoint import arithmetic as fixpoint
+from vidconv_deploy.onnx_shapes import infer_shapes
 
 #: ONNX op -> the vai_q (NNDCT) op it plays, for the ops the DPU flow supports.
 CONV_OPS = frozenset({"Conv", "Gemm", "MatMul"})  # CONV2D / DEPTHWISE_CONV2D / DENSE: have weights
@@ -192,7 +193,7 @@ def _static_model(model: onnx.ModelProto) -> onnx.ModelProto:
         kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    return infer_shapes(model, strict_mode=False)
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
