@@ -268,7 +268,8 @@ def _finetune(args: argparse.Namespace, runtime: Runtime) -> int:
     if not world.main:
         return 0
     made_with = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-                         if v is not None and v is not False and k != "resume")
+                         if v is not None and v is not False and k != "resume"
+                         and not (k == "qat_target" and v == "finn"))
     card = {"name": name, "weights": out.name, "config": cfg.to_dict(),
             "distilled_from": {"teacher": str(args.teacher), "arch": teacher.cfg.arch,
                                "student_init": str(args.init or args.teacher) if args.qat else str(args.teacher)},
