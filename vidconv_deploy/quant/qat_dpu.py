@@ -170,7 +170,7 @@ def _bindings(model: VidConv, passes: Sequence[Pass]) -> tuple[dict[str, GraphPl
     for graph, plan in plans.items():
         index[graph] = {}
         for name in plan.params:
-            found = torch.from_numpy(plan.initializers[name].astype(np.float32)).view(torch.int32).to(torch.int64) - TAG_BASE
+            found = torch.from_numpy(plan.initializers[name].astype(np.float32)).view(torch.int32).to(torch.int64).reshape(-1) - TAG_BASE
             if bool(((found < 0) | (found >= total)).any()):
                 raise RuntimeError(f"{graph} graph: initializer {name} is not a copy of the model's parameters; the "
                                    f"identity form no longer matches the DPU passes")
@@ -260,7 +260,7 @@ class _GraphPass(FloatPass):
             if node.op == INPUT_OP:
                 outs = [x]
             elif node.op == CONST_OP:
-                outs = [torch.as_tensor(plan.initializers[node.name].astype(np.float32))]
+                outs = [torch.as_tensor(plan.initializers[node.name].astype(np.float32), device=x.device)]
             else:
                 outs = self._kernel(node, [values[t] for t in node.inputs])
             values.update(zip(node.outputs, outs, strict=True))
@@ -304,7 +304,13 @@ class DpuQatModel(nn.Module):
         self.free = free_parameters(model)
         for p in self.free.values():
             p.requires_grad_(True)
-        plans, self.index = _bindings(model, passes)
+        plans, index = _bindings(model, passes)
+        self.index: dict[str, dict[str, str]] = {}  # graph -> initializer -> buffer (buffers follow .to(device))
+        for graph, names in index.items():
+            self.index[graph] = {}
+            for i, (name, idx) in enumerate(names.items()):
+                self.register_buffer(f"index_{graph}_{i}", idx, persistent=False)
+                self.index[graph][name] = f"index_{graph}_{i}"
         self.graphs = {g: _GraphPass(plan, self.positions[g]) for g, plan in plans.items()}
         for graph, plan in plans.items():
             pinned_fix_points(plan, self.positions[graph])  # refuses positions of another graph
@@ -314,7 +320,7 @@ class DpuQatModel(nn.Module):
         """The graph's float weight and bias initializers, gathered from the free parameters."""
         flat = torch.cat([p.reshape(-1) for p in self.free.values()])
         shapes = self.graphs[graph].plan.initializers
-        return {name: flat[idx.reshape(-1)].reshape(shapes[name].shape) for name, idx in self.index[graph].items()}
+        return {name: flat[getattr(self, buffer)].reshape(shapes[name].shape) for name, buffer in self.index[graph].items()}
 
     def early(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` frames -> their int8 feature maps, dequantized."""
