@@ -81,7 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                  f"{RUNS}/<arch>-qat-<target>.safetensors with a DPU --qat-target)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in OUT.state.pt; it must have been started with the same --teacher, "
-                             "--student, --qat, --bits, --init, --clips, --epochs, --batch, --lr, --seed, --amp and "
+                             "--student, --qat, --qat-target, --bits, --init, --clips, --epochs, --batch, --lr, --seed, --amp and "
                              "--sync-bn (a difference is an error)")
     add_runtime_flags(parser)
     return parser.parse_args(argv)
