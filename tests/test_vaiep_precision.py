@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from vidconv_deploy.check import check_model
 from vidconv_deploy.check.ruleset import load_ruleset
 from vidconv_deploy.cli.export import main as export_main
-from vidconv_deploy.quark.precision import Precision, bf16_nodes, choose_bf16_nodes, int8_errors, int8_only_missing
+from vidconv_deploy.quark.precision import (Precision, bf16_nodes, choose_bf16_nodes, int8_errors, int8_only_missing,
+                                            simulate_bf16)
 from vidconv_deploy.quark.quantize import quantize_with_quark
 
 SMALL = ["--arch", "vic-nano", "--classes", "10", "--image-size", "32"]
@@ -60,20 +61,21 @@ def test_mixed_bundle_has_its_bf16_nodes_in_the_graph(mixed_bundle):
     manifest = json.loads((mixed_bundle / "manifest.json").read_text())
     quark = manifest["quark"]
     assert (quark["config"], quark["precision"]) == ("VINT8", "mixed_bf16")
-    # Auto: the two nodes per graph with the worst INT8 input SQNR (the LayerNorms' mean of squares, and the
-    # first LayerNorm's x - mean whose mean VINT8 rounds to zero: 0 dB) ...
+    # Auto: the candidates are the nodes with the worst INT8 input SQNR (the first LayerNorm's x - mean, whose mean
+    # VINT8 rounds to zero: 0 dB; the LayerNorms' mean of squares) ...
     choice = quark["bf16_choice"]
-    assert [e["node"] for e in choice["early"]["worst_int8"][:2]] == ["/down2/down2.0/Sub", "/stem/stem.1/ReduceMean_1"]
-    assert choice["early"]["worst_int8"][0]["sqnr_db"] == 0.0
-    assert [e["node"] for e in choice["later"]["worst_int8"][:2]] == [
+    assert [c["node"] for c in choice["early"]["candidates"][:2]] == ["/down2/down2.0/Sub", "/stem/stem.1/ReduceMean_1"]
+    assert choice["early"]["candidates"][0]["int8_input_sqnr_db"] == 0.0
+    assert [c["node"] for c in choice["later"]["candidates"][:2]] == [
         "/stage3/stage3.1/norm/ReduceMean_1", "/stage3/stage3.0/norm/ReduceMean_1"]
+    assert len(choice["early"]["candidates"]) == len(choice["later"]["candidates"]) == 6  # 3 per node of bf16_auto 2
+    # ... and the selection keeps those whose BF16 raises the logits' SQNR: one node, +4.7 dB; then none adds 0.05 dB
+    assert choice["early"]["selection"] == [{"node": None, "logits_sqnr_db": 21.713},
+                                            {"node": "/stem/stem.1/ReduceMean_1", "logits_sqnr_db": 26.403}]
+    assert choice["later"]["selection"] == [{"node": None, "logits_sqnr_db": 21.713}]
     assert choice["early"]["by"] == choice["later"]["by"] == "auto" and choice["early"]["without_int8"] == []
-    # ... and what is BF16 in the graphs: a BF16 tensor is BF16 for every consumer, so the Sub's input x (also
-    # the ReduceMean's) takes /down2/down2.0/ReduceMean along
-    assert quark["bf16_nodes"] == {
-        "early": {"/stem/stem.1/ReduceMean_1": "ReduceMean", "/down2/down2.0/ReduceMean": "ReduceMean",
-                  "/down2/down2.0/Sub": "Sub"},
-        "later": {"/stage3/stage3.0/norm/ReduceMean_1": "ReduceMean", "/stage3/stage3.1/norm/ReduceMean_1": "ReduceMean"}}
+    # what is BF16 in the graphs Quark wrote (read from them)
+    assert quark["bf16_nodes"] == {"early": {"/stem/stem.1/ReduceMean_1": "ReduceMean"}, "later": {}}
     for graph, nodes in quark["bf16_nodes"].items():
         mixed = onnx.load(str(mixed_bundle / "quark" / f"{graph}.onnx"))
         int8 = onnx.load(str(mixed_bundle / "quark_int8" / f"{graph}.onnx"))
@@ -91,6 +93,8 @@ def test_mixed_is_closer_to_float_than_int8_and_both_are_reported(mixed_bundle):
     measured = manifest["quark"]["vs_float"]
     assert set(measured) == {"VINT8", "mixed_bf16"}
     assert measured["mixed_bf16"]["logits_sqnr_db"] > measured["VINT8"]["logits_sqnr_db"] > 15
+    # the selection's trials are copies of the INT8 graphs made BF16, and Quark's mixed graphs compute the same
+    assert (measured["VINT8"]["logits_sqnr_db"], measured["mixed_bf16"]["logits_sqnr_db"]) == (21.713, 26.403)
     assert manifest["quark"]["vs_float_on"] == "2 calibration clips, streaming split, ONNX Runtime CPU"
     assert manifest["artifacts"]["quark_int8_onnx"]["dir"] == "quark_int8"
     accuracy = {row["model"]: row for row in manifest["accuracy"]}
@@ -104,11 +108,11 @@ def test_mixed_is_closer_to_float_than_int8_and_both_are_reported(mixed_bundle):
     assert manifest["verdict"]["checks"]["compliant_bf16"] == {"holds": True, "detail": "mixed_bf16 graphs: every op maps",
                                                                "step": "quantize (Quark)"}
     steps = {s["name"]: s for s in manifest["steps"]}
-    assert steps["EP compile"]["status"] == "not run" and steps["quantize (Quark)"]["bf16_nodes"] == 5
+    assert steps["EP compile"]["status"] == "not run" and steps["quantize (Quark)"]["bf16_nodes"] == 1
     report = (mixed_bundle / "report.md").read_text()
     assert f"| mixed_bf16 | {measured['mixed_bf16']['logits_sqnr_db']:.2f} |" in report
     assert f"| VINT8 | {measured['VINT8']['logits_sqnr_db']:.2f} |" in report
-    assert "BF16 nodes of the later graph (auto): `/stage3/stage3.0/norm/ReduceMean_1` (ReduceMean)" in report
+    assert "BF16 nodes of the early graph (auto): `/stem/stem.1/ReduceMean_1` (ReduceMean)" in report
     assert "The EP compile did not run: the BF16 nodes' placement and numerics on the NPU are unverified" in report
     config = json.loads((mixed_bundle / "quark" / "quark_config.json").read_text())
     assert config["options"]["BF16QDQToCast"] is True and "enable_f32_to_bf16_conversion" in config["bf16_source"]
@@ -121,7 +125,7 @@ def test_recipe_nodes_are_exactly_the_bf16_ones(mixed_bundle):
     feeds = [{later.graph.input[0].name: rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
     named = ["/stage3/stage3.0/pw1/Conv", "/stage3/stage3.0/pw2/Conv"]
     precision = Precision.of("t", {"precision": "mixed_bf16", "bf16_nodes": named}, True)
-    assert choose_bf16_nodes(later, precision, [], []) == named
+    assert choose_bf16_nodes(later, precision, []) == named
     mixed = quantize_with_quark(later, feeds, "VINT8", bf16_nodes=named).model
     assert bf16_nodes(mixed) == {"/stage3/stage3.0/pw1/Conv": "Conv", "/stage3/stage3.0/pw2/Conv": "Conv"}
     bf16_weights = {t.name for t in mixed.graph.initializer if t.data_type == TensorProto.BFLOAT16}
@@ -130,6 +134,12 @@ def test_recipe_nodes_are_exactly_the_bf16_ones(mixed_bundle):
                             "_v_146_quantized", "module.stage3.0.spatial.bias_quantized"}
     session = ort.InferenceSession(mixed.SerializeToString(), providers=["CPUExecutionProvider"])
     assert np.isfinite(session.run(None, feeds[0])[0]).all()
+    # the automatic choice measures candidates on a copy of the INT8 graph made BF16 there: the same numbers as
+    # Quark's own mixed graph, bit for bit
+    int8 = quantize_with_quark(later, feeds, "VINT8").model
+    simulated = ort.InferenceSession(simulate_bf16(int8, later, named).SerializeToString(), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        assert np.array_equal(simulated.run(None, feed)[0], session.run(None, feed)[0])
 
 
 def _prelu_graph() -> onnx.ModelProto:
@@ -153,7 +163,7 @@ def test_an_op_without_int8_goes_bf16_and_stays_on_the_npu():
     int8 = quantize_with_quark(model, feeds, "VINT8").model
     errors = int8_errors(int8, model, feeds)
     assert {e.node for e in errors} == {"conv", "prelu"}
-    chosen = choose_bf16_nodes(model, Precision.of("t", {"precision": "mixed_bf16", "bf16_auto": 0}, True), errors, ["prelu"])
+    chosen = choose_bf16_nodes(model, Precision.of("t", {"precision": "mixed_bf16", "bf16_auto": 0}, True), ["prelu"])
     assert chosen == ["prelu"]
     mixed = quantize_with_quark(model, feeds, "VINT8", bf16_nodes=chosen).model
     assert bf16_nodes(mixed) == {"prelu": "PRelu"}

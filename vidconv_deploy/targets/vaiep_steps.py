@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,8 +25,8 @@ from vidconv_deploy.check import check_model
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.quark.env import versions
 from vidconv_deploy.quark.ep import ep_options, run_ep_script, vitisai_config
-from vidconv_deploy.quark.precision import (Precision, bf16_nodes, choose_bf16_nodes, int8_errors, int8_only_missing,
-                                            sqnr_db, unknown_nodes)
+from vidconv_deploy.quark.precision import (CANDIDATES_PER_NODE, Precision, bf16_nodes, choose_bf16_nodes, int8_errors,
+                                            int8_only_missing, select_bf16, sqnr_db, unknown_nodes)
 from vidconv_deploy.quark.quantize import QuarkResult, quantize_with_quark
 from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun
@@ -72,26 +73,38 @@ def _streaming_logits(ctx: ExportContext, early: onnx.ModelProto, later: onnx.Mo
 
 
 def _mixed(ctx: ExportContext, precision: Precision, int8: dict[str, QuarkResult]) -> tuple[dict[str, QuarkResult], dict]:
-    """The bf16/mixed_bf16 graphs and how their BF16 nodes were chosen (per graph: recipe, or the ops the table
-    lists without INT8 and the worst INT8 errors)."""
+    """The bf16/mixed_bf16 graphs and how their BF16 nodes were chosen: the recipe's, or the ops the table lists
+    without INT8 and the candidates (worst INT8 input error) that raise the streaming logits' SQNR against float on
+    the calibration clips (:func:`vidconv_deploy.quark.precision.select_bf16`)."""
     spec, data = ctx.target.ruleset.data["quark"], ctx.target.ruleset.data
     feeds, graphs = ctx.value("quark_feeds"), ctx.value("graphs")
     exclude = list(ctx.target.quantizer.get("nodes_to_exclude", []))
     if unknown := unknown_nodes(precision, graphs):
         raise UserError(f"recipe {ctx.target.name}: quantizer.bf16_nodes names {', '.join(map(repr, unknown))}, a node "
                         f"of neither streaming graph: give node names of early.onnx or later.onnx in the bundle")
-    results, why = {}, {}
+    int8_less = {g: int8_only_missing(graphs[g], data.get("table", {}).get("ops", {})) for g in GRAPHS}
+    auto = precision.name == "mixed_bf16" and not precision.nodes
+    why: dict[str, Any] = {g: {"by": "auto" if auto else "recipe" if precision.nodes else "every node",
+                               "without_int8": int8_less[g]} for g in GRAPHS}
+    selected: dict[str, list[str]] = {g: [] for g in GRAPHS}
+    if auto:
+        names = {g: {n.name for n in graphs[g].graph.node} for g in GRAPHS}
+        errors = {g: [e for e in int8_errors(int8[g].model, graphs[g], feeds[g]) if e.node in names[g]] for g in GRAPHS}
+        candidates = {g: [e.node for e in errors[g][:CANDIDATES_PER_NODE * precision.auto]] for g in GRAPHS}
+        reference = _streaming_logits(ctx, graphs["early"], graphs["later"])
+        selected, trail = select_bf16({g: int8[g].model for g in GRAPHS}, graphs, candidates, int8_less, precision.auto,
+                                      lambda m: sqnr_db(reference, _streaming_logits(ctx, m["early"], m["later"])))
+        for g in GRAPHS:
+            why[g]["candidates"] = [{"node": e.node, "op_type": e.op_type, "tensor": e.tensor,
+                                     "int8_input_sqnr_db": _finite(e.sqnr_db, 2)} for e in errors[g] if e.node in candidates[g]]
+            why[g]["selection"] = [{"node": t["node"], "logits_sqnr_db": _finite(t["logits_sqnr_db"], 3)}
+                                   for t in trail if t["node"] is None or t["graph"] == g]
+    results = {}
     for g in GRAPHS:
-        auto = precision.name == "mixed_bf16" and not precision.nodes
-        errors = int8_errors(int8[g].model, graphs[g], feeds[g]) if auto else []
-        int8_less = int8_only_missing(graphs[g], data.get("table", {}).get("ops", {}))
-        chosen = choose_bf16_nodes(graphs[g], precision, errors, int8_less)
+        chosen = choose_bf16_nodes(graphs[g], precision, int8_less[g], selected[g])
         config = "BF16" if precision.name == "bf16" else spec["config"]
         results[g] = quantize_with_quark(graphs[g], feeds[g], config, exclude,
                                          bf16_nodes=chosen if precision.name == "mixed_bf16" else ())
-        why[g] = {"by": "auto" if auto else "recipe" if precision.nodes else "every node", "without_int8": int8_less,
-                  "worst_int8": [{"node": e.node, "op_type": e.op_type, "tensor": e.tensor, "sqnr_db": _finite(e.sqnr_db, 2)}
-                                 for e in errors[:max(precision.auto, 3)]]}
     return results, why
 
 
