@@ -16,9 +16,11 @@ import numpy as np
 import onnx
 import onnxsim
 import torch
+from onnx import shape_inference
 from torch import nn
 
 from vidconv_deploy.onnx_session import run_onnx
+from vidconv_deploy.onnx_shapes import weightless
 
 OPSET = 17
 #: Shape-computation and control-flow ops a static deploy graph must not contain.
@@ -86,7 +88,11 @@ def export_graph(
     model, ok = onnxsim.simplify(onnx.load_from_string(buffer.getvalue()))
     if not ok:
         raise RuntimeError("onnxsim could not validate the simplified graph")
-    onnx.checker.check_model(model, full_check=True)
+    # check_model(full_check=True) is the checker and strict shape inference; both run on the weightless
+    # view, since serializing a ViC-T 224 graph's weights for them costs more than the checks
+    view = weightless(model)
+    onnx.checker.check_model(view)
+    shape_inference.infer_shapes(view, check_type=True, strict_mode=True)
     left = sorted({n.op_type for n in model.graph.node} & forbidden)
     if left:
         raise RuntimeError(f"the exported graph still contains {left}")
