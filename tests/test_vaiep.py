@@ -118,3 +118,16 @@ def test_vidconv_check_reports_an_op_after_sin_as_unverified(tmp_path, capsys):
         ("tanh", "Tanh", "vaiep.unverified", "warning",
          "Tanh sorts after Sin, past the rows of the table this rule set was written from")]
     assert result["findings"][0]["source"] == "Vitis AI 6.2 docs, additional_information/ops_support.html (Supported Operators)"
+
+
+def test_gen2_rows_added_from_the_current_table():
+    """GridSample is listed FP32/BF16 only (INT8: N/A): a float graph, judged as quantized, falls back there."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("GridSample", ["x", "grid"], ["y"], name="grid_sample")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+                                           helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 4, 4, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])])
+    result = check_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "vaiep-ve2-npu")
+    assert [(f.node, f.rule, f.message) for f in result.findings] == [
+        ("grid_sample", "vaiep.cpu-fallback", "GridSample is listed without INT8 support (INT8: N/A)")]
