@@ -118,7 +118,7 @@ def qat_rows(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 def finn_rows(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """The shipped FINN QAT models (the finn-* default at each --bits), their Brevitas integer accuracy."""
     rows = []
-    for bits in FINN_BITS:
+    for bits in args.finn_bits:
         checkpoint = shipped_weights(f"vic-nano-hard-finn-{bits}")
         if checkpoint is None:  # the finn-* export would quantize the float variant instead: not this row
             raise SystemExit(f"models/vic-nano-hard-finn-{bits}.safetensors is not there: train it first (models/README.md)")
@@ -179,6 +179,8 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="write the bundles here instead of a temporary folder")
     parser.add_argument("--parts", nargs="+", choices=tuple(PARTS), default=list(PARTS),
                         help="which rows to measure (default all: float dpu qat finn)")
+    parser.add_argument("--finn-bits", nargs="+", choices=FINN_BITS, default=list(FINN_BITS),
+                        help="the FINN rows' --bits (default both: w4a4 w8a8)")
     args = parser.parse_args()
     if not (args.data / "test.txt").is_file():
         parser.error(f"--data {args.data} has no test split: make it with the command in --help")
