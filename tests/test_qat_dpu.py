@@ -146,26 +146,34 @@ def sqnr_db(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def test_a_short_qat_run_lowers_the_int8_error():
-    """Twenty Adam steps on four clips, through the frozen-position INT8 graphs, raise the logits' SQNR against
-    the float model it started from (the calibrated-only INT8 model is step 0)."""
-    float_model = qat_dpu.identity_form(tiny_student(2))
+    """Ten Adam steps on two clips, through the frozen-position INT8 graphs, raise the logits' SQNR against the
+    float model they started from (step 0 is the calibrated-only INT8 model). BatchNorm variances spread over four
+    decades make per-tensor weight positions lose accuracy, as a trained depthwise conv's channels do."""
+    student = tiny_student(2)
+    with torch.no_grad():
+        for m in student.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.copy_(10 ** torch.empty_like(m.running_var).uniform_(-2, 2, generator=torch.Generator().manual_seed(7)))
+        student.head.weight.mul_(30)  # logits of order one, not of the classifier init's 0.01
+    float_model = qat_dpu.identity_form(student)
     passes = get_target("dpu-kv260").passes()
-    clips = torch.randn(4, 9, 3, *SIZE, generator=torch.Generator().manual_seed(4))
+    clips = torch.randn(2, 9, 3, *SIZE, generator=torch.Generator().manual_seed(4))
     positions = qat_dpu.calibrated_positions(float_model, passes, [c.numpy() for c in clips])
     with torch.no_grad():
         want = float_model(clips)
     qat = qat_dpu.DpuQatModel(qat_dpu.identity_form(float_model), passes, positions)
     with torch.no_grad():
         before = sqnr_db(qat(clips), want)
-    optimizer = torch.optim.Adam([p for p in qat.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(20):
+    optimizer = torch.optim.Adam([p for p in qat.parameters() if p.requires_grad], lr=1e-5)
+    for _ in range(10):
         loss = torch.nn.functional.mse_loss(qat(clips), want)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         after = sqnr_db(qat(clips), want)
-    assert after > before + 3.0, (before, after)
+    assert 24.5 < before < 25.5  # calibrated only: 25.0 dB
+    assert after > before + 3.0, (before, after)  # 30.5 dB after ten steps
 
 
 def test_positions_of_another_graph_are_refused():
