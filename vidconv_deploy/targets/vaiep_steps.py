@@ -28,6 +28,7 @@ from vidconv_deploy.quark.ep import ep_options, run_ep_script, vitisai_config
 from vidconv_deploy.quark.precision import (CANDIDATES_PER_NODE, Precision, bf16_nodes, choose_bf16_nodes, int8_errors,
                                             int8_only_missing, select_bf16, sqnr_db, unknown_nodes)
 from vidconv_deploy.quark.quantize import QuarkResult, quantize_with_quark
+from vidconv_deploy.report import Report
 from vidconv_deploy.runners import GRAPHS, OnnxRuntimeRunner, StreamingSplit
 from vidconv_deploy.targets.context import ExportContext, StepRun
 from vidconv_deploy.targets.steps import step
@@ -196,45 +197,49 @@ def step_ep_compile(ctx: ExportContext, run: StepRun) -> None:
     ctx.verdict.record("built", True, "the Vitis AI EP compiled both graphs with CPU fallback disabled")
 
 
-def _precision_lines(quark: dict, compiled: dict) -> list[str]:
+def _precision_section(report: Report, quark: dict, compiled: dict) -> None:
     """The report's precision section: each form's logits against float and, for BF16, which nodes and why."""
-    lines = ["## Precision", "", f"`quantizer.precision`: {quark['precision']}. Logits against the float graphs on the "
-             f"{quark['vs_float_on']}:", "", "| form | logits SQNR (dB) | top-1 agreement with float |", "|---|---|---|"]
-    lines += [f"| {name} | {'equal' if m['logits_sqnr_db'] is None else format(m['logits_sqnr_db'], '.2f')} | "
-              f"{m['top1_agreement']:.3f} |" for name, m in quark["vs_float"].items()]
+    report.section("Precision").text(f"`quantizer.precision`: {quark['precision']}. Logits against the float graphs on "
+                                     f"the {quark['vs_float_on']}:")
+    report.table(["form", "logits SQNR (dB)", "top-1 agreement with float"],
+                 [[name, "equal" if m["logits_sqnr_db"] is None else format(m["logits_sqnr_db"], ".2f"),
+                   format(m["top1_agreement"], ".3f")] for name, m in quark["vs_float"].items()])
     for graph, nodes in quark["bf16_nodes"].items():
         how = quark["bf16_choice"].get(graph, {}).get("by")
         if how == "every node":
-            lines += ["", f"The {graph} graph computes in BF16: {len(nodes)} nodes after a Cast to bfloat16."]
+            report.text(f"The {graph} graph computes in BF16: {len(nodes)} nodes after a Cast to bfloat16.")
         elif nodes:
-            lines += ["", f"BF16 nodes of the {graph} graph ({how}): " + ", ".join(f"`{n}` ({t})" for n, t in nodes.items())]
+            report.text(f"BF16 nodes of the {graph} graph ({how}): " + ", ".join(f"`{n}` ({t})" for n, t in nodes.items()))
     if quark["precision"] != "int8" and not compiled.get("ran"):
-        lines += ["", "The EP compile did not run: the BF16 nodes' placement and numerics on the NPU are unverified; "
-                      "the figures above are ONNX Runtime's CPU run of the Casts to bfloat16."]
-    return lines + [""]
+        report.text("The EP compile did not run: the BF16 nodes' placement and numerics on the NPU are unverified; "
+                    "the figures above are ONNX Runtime's CPU run of the Casts to bfloat16.")
 
 
 @step("vaiep_report", "report")
 def step_vaiep_report(ctx: ExportContext, run: StepRun) -> None:
+    """report.md and report.html (the shared :class:`~vidconv_deploy.report.Report`, as every target writes)."""
     compliance = json.loads((ctx.directory / "compliance.json").read_text())
-    lines = [f"# {ctx.model.cfg.arch} on {ctx.target.name}", "", ctx.target.description, "",
-             f"Quantized by AMD Quark {ctx.fields['quark']['versions']['amd-quark']} with "
-             f"{ctx.fields['quark']['config']} (`quark/quark_config.json`).", ""]
-    lines += _precision_lines(ctx.fields["quark"], ctx.fields.get("ep_compile", {"ran": False}))
-    lines += ["## Nodes that would fall back to the CPU", ""]
-    fallbacks = [(g, f) for g, r in compliance.items() for f in r["findings"]]
-    fallbacks += [(f"{g} ({ctx.fields['quark']['precision']} graph)", f)
-                  for g, fs in ctx.fields["quark"].get("deployed_findings", {}).items() for f in fs]
-    lines += [f"- {g}: `{f['node']}` ({f['op_type']}, {f['severity']}): {f['message']}" for g, f in fallbacks] or \
-             ["Every node maps to the device."]
+    quark = ctx.fields["quark"]
     compiled = ctx.fields.get("ep_compile", {"ran": False, "reason": "this recipe has no ep_compile step"})
-    lines += ["", "## EP compile", "", "compiled" if compiled["ran"] else f"Not run: {compiled['reason']}"]
+    report = Report(f"{ctx.model.cfg.arch} on {ctx.target.name}")
+    report.what_ran(ctx.bundle.steps, ctx.verdict.to_dict(), ctx.weights["source"])
+    report.section("Target").text(ctx.target.description).text(
+        f"Quantized by AMD Quark {quark['versions']['amd-quark']} with {quark['config']} (`quark/quark_config.json`).")
+    _precision_section(report, quark, compiled)
+    fallbacks = [(g, f) for g, r in compliance.items() for f in r["findings"]]
+    fallbacks += [(f"{g} ({quark['precision']} graph)", f) for g, fs in quark.get("deployed_findings", {}).items() for f in fs]
+    report.section("Nodes that would fall back to the CPU")
+    if fallbacks:
+        report.table(["graph", "node", "op", "severity", "why"],
+                     [[g, f["node"], f["op_type"], f["severity"], f["message"]] for g, f in fallbacks])
+    else:
+        report.text("Every node maps to the device.")
+    report.section("EP compile").text("compiled" if compiled["ran"] else f"Not run: {compiled['reason']}")
     accuracy = ctx.fields.get("accuracy")
     if accuracy:
-        lines += ["", "## Accuracy (ONNX Runtime CPU)", "", "| form | top-1 | agreement with float |", "|---|---|---|"]
-        lines += [f"| {row['model']} | {row['top1']:.3f} | {row['agreement_with_float']:.3f} |" for row in accuracy]
-    text = "\n".join(lines) + "\n"
-    write_text(ctx.directory / "report.md", text)
-    write_text(ctx.directory / "report.html", "<pre>\n" + text.replace("&", "&amp;").replace("<", "&lt;") + "</pre>\n")
+        report.section("Accuracy (ONNX Runtime CPU)").table(
+            ["form", "top-1", "agreement with float"],
+            [[row["model"], format(row["top1"], ".3f"), format(row["agreement_with_float"], ".3f")] for row in accuracy])
+    report.write(ctx.directory)
     (ctx.directory / "report_files").mkdir(exist_ok=True)
     ctx.bundle.record_report()
