@@ -40,7 +40,7 @@ def _program(name: str) -> str | None:
 
 def add_calibration_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--calib", type=Path, help="calibration videos: a dataset folder or a folder of videos "
-                                                  "(default: synthetic-motion videos)")
+                                                  "(default: synthetic-motion videos made like the model's training data, as its card says)")
     group.add_argument("--calib-clips", type=int,
                        help="calibration clips (default: the recipe's, 16). Each clip's L frames and its collage are "
                             "calibration batches, and each tensor's position is the mode over them: more clips give "
