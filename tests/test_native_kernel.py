@@ -94,3 +94,11 @@ def test_the_library_is_built_once_per_key_and_can_be_turned_off(tmp_path, monke
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setattr(native, "_loaded", {})
     assert native.kernel() is None  # the calibration then runs the torch path
+
+
+def test_a_tensor_off_the_cpu_stays_on_torch(compiled):
+    # DPU QAT on CUDA fake-quantizes GPU tensors: the kernel reads host memory, so it must not get them
+    # (the meta device stands in for a GPU here: any data pointer there is not host memory)
+    x = torch.empty(64, device="meta")
+    out = fx.fake_quantize(x, 3, "half_up")
+    assert out.device.type == "meta" and out.shape == x.shape

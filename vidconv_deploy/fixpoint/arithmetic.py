@@ -76,9 +76,11 @@ def quantize_int(x: torch.Tensor, fix_pos: int, mode: str) -> torch.Tensor:
 def fake_quantize(x: torch.Tensor, fix_pos: int, mode: str) -> torch.Tensor:
     """``x`` quantized to int8 at ``fix_pos`` and back, in x's dtype (``fake_quantize_per_tensor``).
 
-    Half-up on a float32 tensor outside autograd (every activation of the calibration) runs in the
-    compiled kernel (:mod:`~vidconv_deploy.fixpoint.native`) in one pass, with the same result."""
-    native = kernel() if mode == "half_up" and x.dtype == torch.float32 and not x.requires_grad else None
+    Half-up on a float32 CPU tensor outside autograd (every activation of the calibration) runs in the
+    compiled kernel (:mod:`~vidconv_deploy.fixpoint.native`) in one pass, with the same result; a GPU
+    tensor (DPU QAT on CUDA) stays on torch."""
+    on_cpu = x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+    native = kernel() if mode == "half_up" and on_cpu else None
     if native is not None:
         return native.fake_quantize_half_up(x, fix_pos).view(x.shape)
     scale = 2.0**fix_pos
@@ -153,7 +155,7 @@ def diffs_search(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> DiffsSearch:
     start = int(torch.floor(torch.log2(1.0 / step)).item())
     if scope == 1:
         return DiffsSearch(start)
-    native = kernel()
+    native = kernel() if x.device.type == "cpu" else None
     if native is not None and scope <= MAX_SCOPE:
         return _compiled_search(native, x, start, scope)
     peak = max(-low.item(), high.item())
