@@ -67,13 +67,14 @@ def kernel_dir() -> Path:
 
 
 def _cpu_model() -> str:
+    """The CPU's model name and instruction-set flags (a VM may hide AVX-512 on the same model), as the
+    build key: ``-march=native`` code must not load where the instructions it uses are missing."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        lines = []
+    found = [next((line for line in lines if line.startswith(key)), "") for key in ("model name", "flags")]
+    return "\n".join(found) if any(found) else platform.processor() or platform.machine()
 
 
 def _compiler_version(cc: str) -> str:
@@ -119,6 +120,8 @@ def kernel() -> Kernel | None:
     """The compiled kernel, built on first use; None where ``VIDCONV_NATIVE=0`` or no C compiler works."""
     if os.environ.get("VIDCONV_NATIVE", "1") == "0":
         return None
+    if "kernel" in _loaded:  # every activation of the calibration asks: no lock once it is settled
+        return _loaded["kernel"]
     with _lock:
         if "kernel" not in _loaded:
             try:

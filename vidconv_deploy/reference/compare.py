@@ -24,6 +24,7 @@ from onnx import TensorProto, helper
 from rich.table import Table
 
 from vidconv_deploy.fixpoint.qdq_metadata import TENSOR_MAP_KEY
+from vidconv_deploy.onnx_session import ort_session
 from vidconv_deploy.parallel import chunks, core_pool
 from vidconv_deploy.plots import save_layer_bars
 from vidconv_deploy.reference.executor import Executor, ReferenceRun
@@ -37,24 +38,18 @@ def _feed_list(feeds: Feeds) -> list[Mapping[str, np.ndarray]]:
 
 
 def _session(model: onnx.ModelProto, extra: Mapping[str, int], threads: int) -> tuple[ort.InferenceSession, list[str]]:
-    """An ORT CPU session without graph optimisations, with ``extra`` tensors (name -> elem type) as outputs,
-    on ``threads`` intra-op threads (0: ONNX Runtime's default, every core; 1 inside the core pool)."""
+    """:func:`ort_session` of ``model`` with ``extra`` tensors (name -> elem type) as outputs, on ``threads``
+    intra-op threads (0: ONNX Runtime's default, every core; 1 inside the core pool), without the arena:
+    these sessions return every tensor of the graph, and ORT's arena would keep that peak for the session's
+    life (a ViC-T 224 collage: hundreds of MB per session)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # a third of serializing and parsing a 170 MB graph
-    model = copy
-    present = {o.name for o in model.graph.output}
+    present = {o.name for o in copy.graph.output}
     for name, elem in extra.items():
         if name not in present:
-            model.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between runs
-    options.intra_op_num_threads = threads
-    # These sessions return every tensor of the graph; ORT's arena would keep that peak for the session's
-    # life (a ViC-T 224 collage: hundreds of MB per session), so the buffers go back after each run.
-    options.enable_cpu_mem_arena = False
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session, [o.name for o in model.graph.output]
+            copy.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+    session = ort_session(copy.SerializeToString(), threads=threads, arena=False)
+    return session, [o.name for o in copy.graph.output]
 
 
 def _run(session: ort.InferenceSession, names: list[str], feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -73,9 +68,6 @@ class TensorDiff:
     max_lsb: int = 0
     float32_exact: bool = True
     note: str = ""
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        self.merge(lsb_counts(a, b))
 
     def merge(self, counts: tuple[int, int, int]) -> None:
         """Add one feed's :func:`lsb_counts`."""
@@ -367,7 +359,7 @@ def integer_checks(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, fee
             exact_part = exact.measure(feed, ort_run)
             dpu_run = executor.run(feed, "dpu")
             rounding_part = rounding.measure(ort_run, dpu_run)
-            del ort_run  # a ViC-T 224 collage's run holds about a GB: keep one per worker
+            del ort_run  # a ViC-T 224 collage's run is hundreds of MB: keep one per worker
             return exact_part, rounding_part, layers.measure(feed, dpu_run)
 
         for chunk in chunks(feeds, pool.workers):
