@@ -3,8 +3,9 @@
     .venv/bin/python bench/dpu_pipeline.py [--arch vic-t-dpu] [--image-size 224] [--calib-clips 8]
 
 Prints one JSON object; nothing is asserted. Goals (issue 14): the whole export <= 3x the time of
-the calibration forward passes alone (ONNX Runtime fp32: every frame through the early graph, every
-collage through the later graph, measured in the same run), peak RSS <= 4 GiB, and the integer
+the calibration forward passes alone (ONNX Runtime fp32 as a runner runs it: every frame through the early
+graph, every collage through the later graph, measured in the same run; also given against the same passes
+with single-threaded sessions on the core pool, ORT's faster way here), peak RSS <= 4 GiB, and the integer
 reference <= 1.5x ONNX Runtime fp32 on the same graphs: per feed (one run alone) and as the export
 runs it (the feeds of a chunk at once on the core pool, against ONNX Runtime on the same feeds).
 """
@@ -68,12 +69,49 @@ def seconds(fn, repeat: int) -> float:
     return (time.perf_counter() - start) / repeat
 
 
+def pooled_forward(early: Any, later: Any, frames: list, collages: list) -> float:
+    """The same forward passes with single-threaded sessions on the core pool (the feeds at once, as the
+    export computes its float feeds): on small graphs faster than one run's intra-op threads."""
+    with core_pool() as pool:
+        threads = 1 if pool.workers > 1 else 0
+        start = time.perf_counter()
+        for graph, feeds in ((early, frames), (later, collages)):
+            runner = OnnxRuntimeRunner(graph, threads=threads)
+            runner.load()
+            pool.map(runner.run, feeds)
+        return time.perf_counter() - start
+
+
+def torch_search_positions(bundle_dir: Path, early: Any, later: Any, frames: list, collages: list) -> dict[str, bool]:
+    """Per graph: do the export's fix positions (outputs, parameters, batch history) equal those of the same
+    calibration with the torch diffs search, the code the vic-nano snapshot test pins?"""
+    from vidconv_deploy.dpu.board_dir import io_fix_points
+    from vidconv_deploy.fixpoint import arithmetic
+    from vidconv_deploy.quant import quantize_onnx
+
+    def summary(info: dict[str, Any]) -> tuple[Any, ...]:
+        return info["output"], info["param"], info["onnx"]["calibration"]["history"]
+
+    compiled, arithmetic.kernel = arithmetic.kernel, lambda: None
+    try:
+        early_q = quantize_onnx(early, frames)
+        later_q = quantize_onnx(later, collages, fixed_fix_points={later.graph.input[0].name: io_fix_points(early_q.model)[1]})
+    finally:
+        arithmetic.kernel = compiled
+    exported = {g: json.loads((bundle_dir / "quant" / f"{g}_quant_info.json").read_text()) for g in ("early", "later")}
+    return {g: summary(exported[g]) == summary(json.loads(json.dumps(q.info)))
+            for g, q in (("early", early_q), ("later", later_q))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="vic-t-dpu")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--calib-clips", type=int, default=8)
     parser.add_argument("--target", default="dpu-kv260")
+    parser.add_argument("--verify-positions", action="store_true",
+                        help="calibrate again with the torch diffs search instead of the compiled kernel and report whether "
+                             "every fix position and the batch history equal the export's (about 2 s per clip more)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = build_model(args.arch, num_classes=10, image_size=args.image_size).eval()
@@ -87,15 +125,22 @@ def main() -> None:
         outcome = export_bundle(get_target(args.target), model, {"source": "random"}, options, Path(tmp), values,
                                 observer=rss.window)
         total = time.perf_counter() - start
+        export_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's peak so far
         import onnx
 
         bundle_dir = outcome.directory
         bundle = outcome.context.bundle
         early, later = (onnx.load(str(bundle_dir / f"{g}.onnx")) for g in ("early", "later"))
         q_early, q_later = (onnx.load(str(bundle_dir / "quant" / f"{g}.onnx")) for g in ("early", "later"))
+        split = StreamingSplit(cfg.grid, OnnxRuntimeRunner(early), OnnxRuntimeRunner(later))
         calib_start = time.perf_counter()
-        frames, collages = StreamingSplit(cfg.grid, OnnxRuntimeRunner(early), OnnxRuntimeRunner(later)).feeds(clips)
+        frames, collages = split.feeds(clips)
+        floor_early = time.perf_counter() - calib_start
+        for feed in collages:
+            split.later.run(feed)
         calib_forward = time.perf_counter() - calib_start
+        pooled_floor = pooled_forward(early, later, frames, collages)
+        positions = torch_search_positions(bundle_dir, early, later, frames, collages) if args.verify_positions else None
         speed = {}
         for name, fp32, quant, feeds in (("early", early, q_early, frames[:8]), ("later", later, q_later, collages[:4])):
             session, executor = ort_session(fp32), Executor(quant)
@@ -112,10 +157,15 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "export_total_s": round(total, 2),
         "calibration_forward_s": round(calib_forward, 2),
+        "calibration_forward_parts_s": {"early": round(floor_early, 2), "later": round(calib_forward - floor_early, 2)},
+        "calibration_forward_pooled_s": round(pooled_floor, 2),
+        "export_over_pooled_forward": round(total / pooled_floor, 2),
         "export_over_calibration_forward": round(total / calib_forward, 2), "goal_export_over_calibration": 3,
         "steps": [{k: v for k, v in s.items() if k in ("name", "status", "seconds", "peak_rss_mib")} for s in bundle.steps],
         "integer_reference_vs_onnxruntime_fp32": speed, "goal_reference_ratio": 1.5,
         "bit_exact": {g: r["bit_exact_vs_onnxruntime"] for g, r in outcome.context.fields["reference"].items()},
+        **({"positions_equal_torch_search": positions} if positions is not None else {}),
+        "export_peak_rss_mib": round(export_peak, 1), "goal_peak_rss_mib": 4096,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }, indent=2))
 

@@ -1,8 +1,8 @@
 """The compiled calibration kernel (fixpoint/native.py, diffs_kernel.c) computes what the torch code computes.
 
 The search's choice and the half-up fake quantization must be the torch path's exactly, since fix
-positions and quantized activations are the calibration's result; the errors themselves are float64
-sums, close to torch's float32 sums, and near ties are handed back to those.
+positions and quantized activations are the calibration's result; the errors themselves are float32
+block sums added in float64, close to torch's float32 sums, and near ties are handed back to those.
 """
 
 from __future__ import annotations
@@ -48,6 +48,15 @@ def test_errors_are_the_float32_sums_to_float32_accuracy(compiled):
         assert error * 4.0**-pos == pytest.approx(fx.measure(x, pos).error, rel=1e-5), pos
     with pytest.raises(ValueError, match="scope 17 outside 1..16"):
         compiled.diffs_errors(x, 2, 17)
+
+
+def test_errors_are_within_the_documented_bound_of_exact_sums(compiled):
+    # Many blocks (2048 values each) and a tail: every candidate within 8e-6 of the float64 sum (diffs_kernel.c).
+    x = torch.randn(5 * 2048 + 77, generator=torch.Generator().manual_seed(3)) * 3
+    for k, error in enumerate(compiled.diffs_errors(x, 1, 6)):
+        t = x.to(torch.float64) * 2.0 ** (1 + k)
+        exact = float(((t - torch.round(t).clamp(-128, 127)) ** 2).sum())
+        assert error == pytest.approx(exact, rel=8e-6), k
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -22,7 +22,7 @@ from vidconv_deploy.reference import (
     run_reference,
     save_sqnr_plot,
 )
-from vidconv_deploy.reference.compare import layer_table
+from vidconv_deploy.reference.compare import SUMS_BLOCK, layer_table, tensor_sums
 
 
 def assert_bit_exact(model: onnx.ModelProto, feeds) -> None:
@@ -226,6 +226,18 @@ def test_layer_report_against_float_and_png(tmp_path):
     path = tmp_path / "sqnr.png"
     save_sqnr_plot(stats, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("size", [0, 5, 2 * SUMS_BLOCK + 3])
+def test_tensor_sums_block_by_block_equal_whole_tensor_float64(size):
+    gen = np.random.default_rng(size)
+    f = (gen.standard_normal(size) * 3).astype(np.float32)
+    codes = np.clip(np.round(f * 8), -128, 127).astype(np.int8)
+    f64, q = f.astype(np.float64), codes.astype(np.float64) / 8
+    err = q - f64
+    signal, noise, dot, qq, n, lsb = tensor_sums(f, codes, 3)
+    np.testing.assert_allclose([signal, noise, dot, qq], [f64 @ f64, err @ err, q @ f64, q @ q], rtol=1e-12)
+    assert n == size and lsb == (float(np.max(np.abs(err))) * 8 if size else 0.0)  # a power of two: exact
 
 
 def test_integer_checks_in_one_pass_equal_the_three_checks(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -53,6 +54,9 @@ def test_onnxruntime_runner_equals_the_session_from_every_source(tmp_path):
         assert runner.session is None  # nothing heavy before it is needed
         assert (runner.input_names, runner.output_names) == (["x"], ["y"])
         np.testing.assert_array_equal(runner.run(feed())["y"], expected)  # the same engine: exact
+    single = OnnxRuntimeRunner(model, threads=1)
+    np.testing.assert_array_equal(single.run(feed())["y"], expected)
+    assert single.session.get_session_options().intra_op_num_threads == 1
     assert OnnxRuntimeRunner(tmp_path / "g.onnx").name == "onnxruntime:g.onnx"
     with pytest.raises(UserError, match=r"do not match the model's inputs \['x'\] \(missing \['x'\], unknown \['z'\]\)"):
         OnnxRuntimeRunner(model).run({"z": feed()["x"]})
@@ -198,5 +202,23 @@ def test_streaming_split_equals_the_whole_clip_model(tiny_vic):
     assert len(early_feeds) == 12 and early_feeds[7]["frame"].dtype == np.float32
     np.testing.assert_array_equal(early_feeds[7]["frame"], clips[1].numpy()[0, 1:2])
     np.testing.assert_array_equal(later_feeds[1]["collage"], split.run_clip(clips[1].numpy()).collage)
+    with ThreadPoolExecutor(2) as pool:  # the frames on a core pool: the same feeds, in order, bit for bit
+        pooled = split.feeds([c.numpy()[0] for c in clips], lambda fn, items: list(pool.map(fn, items)))
+    for got, want in zip(pooled, (early_feeds, later_feeds), strict=True):
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match=r"clip of shape \(4, 3, 64, 64\) does not fit a 2x3 collage: expected \(6, 3, H, W\)"):
         split.frame_feeds(clips[0].numpy()[0, :4])
+
+
+def test_training_imports_no_quantizer_or_finn_engine():
+    # Training evaluates with the runners; importing them must not pull qonnx, finn, Brevitas, Quark or the
+    # Quark cross-check (a GPU training host without qonnx failed at import before the runners loaded it lazily).
+    import subprocess
+
+    code = ("import sys, vidconv_deploy.cli.train; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('qonnx', 'finn', 'brevitas', 'quark') "
+            "or m.startswith(('vidconv_deploy.quark.crosscheck', 'vidconv_deploy.quark.quantize'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

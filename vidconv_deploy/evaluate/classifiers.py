@@ -17,7 +17,7 @@ import torch
 from vidconv_deploy.checkpoints import load_model
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.bundle import read_manifest
-from vidconv_deploy.quark.crosscheck import ACCURACY_ROW as CROSSCHECK_ROW, ARTIFACT as CROSSCHECK_ARTIFACT, OURS_ROW
+from vidconv_deploy.quark.artifacts import ACCURACY_ROW as CROSSCHECK_ROW, ARTIFACT as CROSSCHECK_ARTIFACT, OURS_ROW
 from vidconv_deploy.runners import IntegerReferenceRunner, OnnxRuntimeRunner, StreamingSplit, TorchRunner
 
 #: ``clips (N, L, 3, H, W) -> logits (N, classes)``.

@@ -92,9 +92,10 @@ def fake_quantize(x: torch.Tensor, fix_pos: int, mode: str) -> torch.Tensor:
 PRUNE_MARGIN = 1e-3
 #: The saturation bound sums every SATURATION_STRIDE-th value (a subset's error is a lower bound too).
 SATURATION_STRIDE = 8
-#: The compiled search sums in float64; candidates within this relative distance of the least error are
-#: summed again as the source sums them (float32 torch.sum, whose relative error is below 1e-5 at these
-#: sizes) to choose between them, so the choice is the torch search's.
+#: The compiled search's errors are within 8e-6 of exact (float32 block sums added in float64, see
+#: diffs_kernel.c); candidates within this relative distance of the least error are summed again as the
+#: source sums them (float32 torch.sum, whose relative error is below 1e-5 at these sizes) to choose between
+#: them, so the choice is the torch search's.
 NEAR_TIE = 1e-4
 
 
@@ -171,7 +172,7 @@ def diffs_search(x: torch.Tensor, scope: int = DIFFS_SCOPE) -> DiffsSearch:
 
 
 def _compiled_search(native, x: torch.Tensor, start: int, scope: int) -> DiffsSearch:
-    """Every candidate's error in one pass of the compiled kernel (float64 sums); near ties (:data:`NEAR_TIE`)
+    """Every candidate's error in one pass of the compiled kernel (float32 block sums in float64); near ties (:data:`NEAR_TIE`)
     are decided by :func:`measure`'s float32 sums, first position first, as :func:`diffs_search` decides.
     A candidate further than that from the least error has a larger float32 sum too, so it is never the choice."""
     errors = [e * 4.0 ** -(start + k) for k, e in enumerate(native.diffs_errors(x, start, scope))]

@@ -31,6 +31,7 @@ from vidconv_deploy.progress import Subtask, no_subtask
 from vidconv_deploy.quant.calibrate import DPU_LEAKY_SLOPE
 from vidconv_deploy.quant.graph import PASS_THROUGH_OPS
 from vidconv_deploy.quant.qdq import QuantResult
+from vidconv_deploy.quark.artifacts import ACCURACY_ROW, OURS_ROW
 from vidconv_deploy.quark.quantize import quantize_with_quark
 from vidconv_deploy.quark.rules import RULES
 from vidconv_deploy.runners import GRAPHS
@@ -43,9 +44,6 @@ UNREFINED = {"SimulateDPU": True, "NPULimitationCheck": False}
 #: Quark's name for a graph output's float tensor, and for a quantized initializer.
 OUTPUT_SUFFIX, PARAM_SUFFIX = "_QuantizeLinear_Input", "_quantized"
 UNEXPLAINED = "unexplained"
-#: Where a DPU bundle keeps Quark's QDQ graphs, and the name its accuracy rows give them.
-ARTIFACT, DIRECTORY = "crosscheck_quark_onnx", "crosscheck"
-ACCURACY_ROW, OURS_ROW = "Quark XINT8 fake-quant (ONNX Runtime)", "int8 fake-quant (ONNX Runtime)"
 POOL_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool"})
 
 

@@ -58,9 +58,6 @@ class IntTensor:
     float32_exact: bool = True
     note: str = ""
 
-    def dequantized(self) -> np.ndarray:
-        return self.values.astype(np.float32) * np.float32(2.0**-self.fix_point)
-
 
 @dataclass
 class ReferenceRun:

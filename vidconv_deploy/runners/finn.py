@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from qonnx.core.modelwrapper import ModelWrapper
 
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.runners.base import Runner, Tensors
 
+if TYPE_CHECKING:  # qonnx is imported when a runner loads: importing the runners (every command does) needs none of it
+    from qonnx.core.modelwrapper import ModelWrapper
+
 #: ``execute_onnx(model, feeds) -> outputs``, qonnx's or finn's.
-Execute = Callable[[ModelWrapper, dict[str, np.ndarray]], dict[str, np.ndarray]]
+Execute = Callable[["ModelWrapper", dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 class QonnxRunner(Runner):
@@ -39,6 +41,8 @@ class QonnxRunner(Runner):
         return execute_onnx
 
     def _load(self) -> None:
+        from qonnx.core.modelwrapper import ModelWrapper
+
         self.execute = self._engine()
         model = self.model
         self.wrapper = model if isinstance(model, ModelWrapper) else ModelWrapper(

@@ -1,6 +1,6 @@
 """ONNX Runtime on a float or fake-quant (QDQ) graph, with graph optimisations off.
 
-The session is :func:`vidconv_deploy.export.onnx_export.ort_session`: with ORT's optimisations on,
+The session is :func:`vidconv_deploy.onnx_session.ort_session`: with ORT's optimisations on,
 QDQ pairs would fuse into integer kernels with their own rounding, and the fake-quant run would no
 longer be the graph the integer reference is checked against.
 """
@@ -22,9 +22,12 @@ from vidconv_deploy.runners.base import Runner, Tensors
 class OnnxRuntimeRunner(Runner):
     """An ONNX graph (ModelProto, serialized bytes or a file) on ONNX Runtime's CPU provider."""
 
-    def __init__(self, model: onnx.ModelProto | bytes | Path | str, name: str | None = None) -> None:
+    def __init__(self, model: onnx.ModelProto | bytes | Path | str, name: str | None = None, *, threads: int = 0) -> None:
+        """``threads``: ONNX Runtime's intra-op threads (0: its default, every core; 1 for a runner that a core
+        pool runs on several feeds at once)."""
         super().__init__(name or (f"onnxruntime:{Path(model).name}" if isinstance(model, (str, Path)) else "onnxruntime"))
         self.model = model
+        self.threads = threads
         self.session: ort.InferenceSession | None = None
 
     def _load(self) -> None:
@@ -34,7 +37,7 @@ class OnnxRuntimeRunner(Runner):
             if not path.is_file():
                 raise UserError(f"{path} not found: give an ONNX graph file")
             model = path.read_bytes()
-        self.session = ort_session(model)
+        self.session = ort_session(model, threads=self.threads)
         self._input_names = [i.name for i in self.session.get_inputs()]
         self._output_names = [o.name for o in self.session.get_outputs()]
 

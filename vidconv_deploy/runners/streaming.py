@@ -13,7 +13,7 @@ NHWC. Export checks, calibration, golden vectors, evaluation and the FINN chain 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from vidconv_deploy.runners.base import Runner, Tensors
 LAYOUTS = ("NCHW", "NHWC")
 #: The split's two graphs, in the order a clip runs them: the early net per frame, the later net per collage.
 GRAPHS = ("early", "later")
+#: ``map(fn, items)`` as a list, in order: the builtin's meaning, or a core pool's.
+MapFn = Callable[[Callable[[Tensors], np.ndarray], Sequence[Tensors]], list[np.ndarray]]
 
 
 def collage(frames: Sequence[np.ndarray] | np.ndarray, grid: tuple[int, int], layout: str = "NCHW") -> np.ndarray:
@@ -108,14 +110,18 @@ class StreamingSplit:
         tiled = self.collage(features)
         return StreamResult(self.run_later(tiled), features, tiled)
 
-    def feeds(self, clips: Iterable[np.ndarray]) -> tuple[list[Tensors], list[Tensors]]:
+    def feeds(self, clips: Iterable[np.ndarray], map_: MapFn | None = None) -> tuple[list[Tensors], list[Tensors]]:
         """Both graphs' feeds over ``clips`` (a calibration set): every frame for the early graph, each
-        clip's collage of the early outputs for the later graph."""
-        early_feeds: list[Tensors] = []
-        later_feeds: list[Tensors] = []
-        later_in = self.later.input_names[0]
-        for clip in clips:
-            frames = self.frame_feeds(clip)
-            early_feeds += frames
-            later_feeds.append({later_in: self.collage(self._early(frames))})
+        clip's collage of the early outputs for the later graph.
+
+        ``map_`` runs the early graph over all the frames (in order, like ``map``): a core pool's map runs
+        independent frames at once, which beats one run's intra-op threads on these small graphs (ViC-T 224
+        on 2 cores: 35 against 41 ms per frame with single-threaded sessions, the outputs bit for bit equal).
+        """
+        early_feeds = [feed for clip in clips for feed in self.frame_feeds(clip)]
+        name, later_in = self.early.output_names[0], self.later.input_names[0]
+        run = (lambda feed: self.early.run(feed)[name])
+        features = map_(run, early_feeds) if map_ else [run(feed) for feed in early_feeds]
+        later_feeds = [{later_in: self.collage(features[start:start + self.frames])}
+                       for start in range(0, len(features), self.frames)]
         return early_feeds, later_feeds

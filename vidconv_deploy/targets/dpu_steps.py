@@ -26,10 +26,12 @@ from vidconv_deploy.dpu.report import DpuExport, dpu_report
 from vidconv_deploy.dpu.perf_model import save_layer_chart, streaming_performance
 from vidconv_deploy.dpu.throughput import peak_throughput
 from vidconv_deploy.evaluate.sensitivity import advice, labelled_clips, save_sensitivity_plot, sensitivity
+from vidconv_deploy.parallel import core_pool
 from vidconv_deploy.quant import quantize_onnx, write_quant_info
 from vidconv_deploy.quant.qat_dpu import checkpoint_fix_points
 from vidconv_deploy.quant.qdq import QuantResult
-from vidconv_deploy.quark.crosscheck import ARTIFACT as CROSSCHECK_ARTIFACT, DIRECTORY as CROSSCHECK_DIR, crosscheck_graphs
+from vidconv_deploy.quark.artifacts import ARTIFACT as CROSSCHECK_ARTIFACT, DIRECTORY as CROSSCHECK_DIR
+from vidconv_deploy.quark.crosscheck import crosscheck_graphs
 from vidconv_deploy.quark.env import INSTALL_FIX as QUARK_INSTALL_FIX, VERSION as QUARK_VERSION, quark_version
 from vidconv_deploy.quark.env import versions as quark_versions
 from vidconv_deploy.reference import integer_checks, layer_report, save_sqnr_plot
@@ -40,10 +42,14 @@ from vidconv_deploy.targets.steps import step
 
 
 def _feeds(ctx: ExportContext) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
-    """Float feeds of both graphs over the calibration set: every frame, and each clip's host collage."""
+    """Float feeds of both graphs over the calibration set: every frame, and each clip's host collage (the
+    frames on the core pool, each on a single-threaded session)."""
     graphs = ctx.value("graphs")
-    split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(graphs["early"]), OnnxRuntimeRunner(graphs["later"]))
-    return split.feeds(ctx.value("calibration")["clips"])
+    with core_pool() as pool:
+        threads = 1 if pool.workers > 1 else 0
+        split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(graphs["early"], threads=threads),
+                               OnnxRuntimeRunner(graphs["later"], threads=threads))
+        return split.feeds(ctx.value("calibration")["clips"], pool.map)
 
 
 def _check_feeds(ctx: ExportContext) -> dict[str, list[dict[str, np.ndarray]]]:

@@ -45,7 +45,7 @@ def add_calibration_arguments(group: argparse._ArgumentGroup) -> None:
                        help="calibration clips (default: the recipe's, 16). Each clip's L frames and its collage are "
                             "calibration batches, and each tensor's position is the mode over them: more clips give "
                             "steadier positions (Vitis AI advises 100-1000 samples; 16 clips of 9 frames are 144) and "
-                            "cost time in proportion: a ViC-T 224 clip takes about 2 s to calibrate on 2 idle cores")
+                            "cost time in proportion: a ViC-T 224 clip takes about 1.5 s to calibrate on 2 idle cores")
     group.add_argument("--eval", type=Path, help="dataset folder: score its test split and put accuracy in the report")
 
 
