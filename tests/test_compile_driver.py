@@ -21,7 +21,8 @@ from vidconv_deploy.dpu.graph_spec import graph_spec
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.bundle import Bundle
 from vidconv_deploy.export.deploy_model import to_deploy
-from vidconv_deploy.export.onnx_export import MethodModule, export_graph, run_onnx
+from vidconv_deploy.export.onnx_export import MethodModule, export_graph
+from vidconv_deploy.onnx_session import run_onnx
 from vidconv_deploy.export.passes import STANDARD_PASSES, FoldBatchNorms, SplitTemporalChannels, apply_passes
 from vidconv_deploy.models.collage import frames_to_collage
 from vidconv_deploy.quant import quantize_onnx

@@ -17,7 +17,8 @@ from torch import nn
 from vidconv_deploy import build_model, save_checkpoint
 from vidconv_deploy.cli.export import main as export_main
 from vidconv_deploy.export.deploy_model import ChannelScale, TileConcat, TileRepeat, to_deploy
-from vidconv_deploy.export.onnx_export import MethodModule, export_graph, relative_error, run_onnx
+from vidconv_deploy.export.onnx_export import MethodModule, export_graph, relative_error
+from vidconv_deploy.onnx_session import run_onnx
 from vidconv_deploy.export.passes import (
     STANDARD_PASSES, FoldLayerScale, FoldNeckBatchNorm, FoldTemporalScale, TileAsConcat, apply_passes,
 )

@@ -74,7 +74,7 @@ def step_export_float(ctx: ExportContext, run: StepRun) -> None:
         raise StopPipeline("the model's weights are not finite")
     clip, reference = ctx.value("clip")
     plain = export_graph(ctx.model, clip, "clip", "logits", reference=reference)
-    ctx.bundle.write_onnx("float_onnx", "float.onnx", plain.model)
+    ctx.bundle.write("float_onnx", "float.onnx", plain.data)
     ctx.bundle.io["float_onnx"] = plain.io()
     verification = ctx.fields.setdefault("verification", {})
     verification.update(tolerance=float(ctx.target.recipe["tolerance"]), input=f"one random clip (seed {ctx.seed})",
@@ -91,7 +91,7 @@ def step_rewrite(ctx: ExportContext, run: StepRun) -> None:
 def step_export_deploy(ctx: ExportContext, run: StepRun) -> None:
     clip, reference = ctx.value("clip")
     whole = export_graph(ctx.value("deploy"), clip, "clip", "logits", DEPLOY_FORBIDDEN, reference=reference)
-    ctx.bundle.write_onnx("deploy_onnx", "deploy.onnx", whole.model)
+    ctx.bundle.write("deploy_onnx", "deploy.onnx", whole.data)
     ctx.bundle.io["deploy_onnx"] = whole.io()
     ctx.set("deploy_graph", whole.model)
     ctx.fields.setdefault("verification", {})["deploy_vs_torch"] = whole.max_relative_error
@@ -107,10 +107,10 @@ def step_export_streaming(ctx: ExportContext, run: StepRun) -> None:
     later = export_graph(MethodModule(deploy, deploy.later), torch.randn(deploy.collage_shape(), generator=example),
                          "collage", "logits", STREAMING_FORBIDDEN)
     for graph, exported in (("early", early), ("later", later)):
-        ctx.bundle.write_onnx(f"{graph}_onnx", f"{graph}.onnx", exported.model)
+        ctx.bundle.write(f"{graph}_onnx", f"{graph}.onnx", exported.data)
         ctx.bundle.io[f"{graph}_onnx"] = exported.io()
     ctx.set("graphs", {"early": early.model, "later": later.model})
-    split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(early.model), OnnxRuntimeRunner(later.model))
+    split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(early.data), OnnxRuntimeRunner(later.data))
     logits = split.run_clip(clip.numpy()).logits
     ctx.fields.setdefault("verification", {})["streaming_vs_torch"] = relative_error(logits, reference)
 
