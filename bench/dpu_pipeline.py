@@ -62,7 +62,11 @@ class PeakRss:
         record["peak_rss_mib"] = round(self.peak / 2**20, 1)
 
 
-def seconds(fn, repeat: int) -> float:
+def seconds(fn, repeat: int, warmup: int = 0) -> float:
+    """Mean seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones (an executor's first run
+    builds its weight caches, a session's its buffers: one-time costs, not a feed's)."""
+    for _ in range(warmup):
+        fn()
     start = time.perf_counter()
     for _ in range(repeat):
         fn()
@@ -144,8 +148,8 @@ def main() -> None:
         speed = {}
         for name, fp32, quant, feeds in (("early", early, q_early, frames[:8]), ("later", later, q_later, collages[:4])):
             session, executor = ort_session(fp32), Executor(quant)
-            ort_s = seconds(lambda: session.run(None, feeds[0]), 3)
-            ref_s = seconds(lambda: executor.run(feeds[0], "dpu"), 2)
+            ort_s = seconds(lambda: session.run(None, feeds[0]), 3, warmup=1)
+            ref_s = seconds(lambda: executor.run(feeds[0], "dpu"), 3, warmup=1)
             ort_all = seconds(lambda: [session.run(None, f) for f in feeds], 1)
             with core_pool() as pool:
                 ref_all = seconds(lambda: pool.map(lambda f: executor.run(f, "dpu"), feeds), 1)
