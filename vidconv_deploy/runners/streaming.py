@@ -120,7 +120,10 @@ class StreamingSplit:
         """
         early_feeds = [feed for clip in clips for feed in self.frame_feeds(clip)]
         name, later_in = self.early.output_names[0], self.later.input_names[0]
-        run = (lambda feed: self.early.run(feed)[name])
+
+        def run(feed: Tensors) -> np.ndarray:
+            return self.early.run(feed)[name]
+
         features = map_(run, early_feeds) if map_ else [run(feed) for feed in early_feeds]
         later_feeds = [{later_in: self.collage(features[start:start + self.frames])}
                        for start in range(0, len(features), self.frames)]
