@@ -13,6 +13,7 @@ from rich.console import Console
 from test_quantizer import Net, every_op_net, ort_run, quantize
 
 from vidconv_deploy import parallel
+from vidconv_deploy.fixpoint import kernels
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.reference import (
     compare_with_onnxruntime,
@@ -226,6 +227,31 @@ def test_layer_report_against_float_and_png(tmp_path):
     path = tmp_path / "sqnr.png"
     save_sqnr_plot(stats, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_large_convolutions_split_over_the_callers_threads_give_the_same_codes(monkeypatch):
+    # One feed alone (the caller has 2 torch threads) splits a dense conv by output channels over single-threaded
+    # workers; every code must equal the unsplit run's. Split here at any size, and record that it did.
+    net, y = every_op_net()
+    model = quantize(net, y, feeds=net.feeds(4)).model
+    feeds = net.feeds(2, seed=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(kernels, "SPLIT_MIN_MACS", 1 << 62)
+        whole = [run_reference(model, f, rounding="dpu") for f in feeds]
+        widths = []
+        pool = kernels.op_pool
+        monkeypatch.setattr(kernels, "op_pool", lambda workers: widths.append(workers) or pool(workers))
+        monkeypatch.setattr(kernels, "SPLIT_MIN_MACS", 0)
+        split = [run_reference(model, f, rounding="dpu") for f in feeds]
+    finally:
+        torch.set_num_threads(before)
+    assert widths and set(widths) == {2}
+    for a, b in zip(whole, split, strict=True):
+        assert a.tensors.keys() == b.tensors.keys()
+        assert all(np.array_equal(a.tensors[k].values, b.tensors[k].values) for k in a.tensors)
+        assert all(np.array_equal(a.outputs[k], b.outputs[k]) for k in a.outputs)
 
 
 @pytest.mark.parametrize("size", [0, 5, 2 * SUMS_BLOCK + 3])

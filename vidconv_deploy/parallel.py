@@ -10,6 +10,7 @@ computed exactly as a single-threaded run would compute it (same kernels, same r
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,13 @@ class CorePool:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown()
+
+
+@functools.cache
+def op_pool(workers: int) -> ThreadPoolExecutor:
+    """Threads that run torch single-threaded, kept for the process: one large op split into ``workers`` parts
+    (by output channels, say) runs its parts here at once."""
+    return ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
 
 
 #: Below this many elements per item and op, handing work to another thread costs more than it saves.

@@ -304,6 +304,9 @@ class Executor:
         if rounding not in ROUNDINGS:
             raise UserError(f"unknown rounding {rounding!r}; use one of {sorted(ROUNDINGS)}")
         self._local.mode = ROUNDINGS[rounding]
+        # The caller's torch threads (1 on a core-pool worker, every core for one feed alone): the ops run
+        # single-threaded below, and the large convolutions split over this many workers.
+        self._local.workers = torch.get_num_threads()
         values: dict[str, object] = {}
         for name in self.inputs:
             if name not in feeds:
@@ -417,7 +420,7 @@ class Executor:
         win, group = w.cache["window"], int(attrs.get("group", 1))
 
         def compute(dtype: torch.dtype) -> torch.Tensor:
-            return K.conv_int(x.v, self._weight(w, dtype), win, group, dtype)
+            return K.conv_int(x.v, self._weight(w, dtype), win, group, dtype, self._local.workers)
 
         def tight() -> torch.Tensor:
             return K.conv_partial_sum_bound(x.v, w.v, win, group)
