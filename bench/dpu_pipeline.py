@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -77,10 +78,9 @@ def pooled_forward(early: Any, later: Any, frames: list, collages: list) -> floa
     """The same forward passes with single-threaded sessions on the core pool (the feeds at once, as the
     export computes its float feeds): on small graphs faster than one run's intra-op threads."""
     with core_pool() as pool:
-        threads = 1 if pool.workers > 1 else 0
         start = time.perf_counter()
         for graph, feeds in ((early, frames), (later, collages)):
-            runner = OnnxRuntimeRunner(graph, threads=threads)
+            runner = OnnxRuntimeRunner(graph, threads=pool.engine_threads)
             runner.load()
             pool.map(runner.run, feeds)
         return time.perf_counter() - start
@@ -90,18 +90,14 @@ def torch_search_positions(bundle_dir: Path, early: Any, later: Any, frames: lis
     """Per graph: do the export's fix positions (outputs, parameters, batch history) equal those of the same
     calibration with the torch diffs search, the code the vic-nano snapshot test pins?"""
     from vidconv_deploy.dpu.board_dir import io_fix_points
-    from vidconv_deploy.fixpoint import arithmetic
     from vidconv_deploy.quant import quantize_onnx
 
     def summary(info: dict[str, Any]) -> tuple[Any, ...]:
         return info["output"], info["param"], info["onnx"]["calibration"]["history"]
 
-    compiled, arithmetic.kernel = arithmetic.kernel, lambda: None
-    try:
+    with mock.patch.dict(os.environ, VIDCONV_NATIVE="0"):  # fixpoint/native.py's switch to the torch path
         early_q = quantize_onnx(early, frames)
         later_q = quantize_onnx(later, collages, fixed_fix_points={later.graph.input[0].name: io_fix_points(early_q.model)[1]})
-    finally:
-        arithmetic.kernel = compiled
     exported = {g: json.loads((bundle_dir / "quant" / f"{g}_quant_info.json").read_text()) for g in ("early", "later")}
     return {g: summary(exported[g]) == summary(json.loads(json.dumps(q.info)))
             for g, q in (("early", early_q), ("later", later_q))}

@@ -37,6 +37,12 @@ class CorePool:
         self._executor = (ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,))
                           if self.workers > 1 else None)
 
+    @property
+    def engine_threads(self) -> int:
+        """Intra-op threads for an engine (an ONNX Runtime session) that this pool runs on several items at
+        once: 1 with several workers, 0 (the engine's default, every core) with one."""
+        return 1 if self.workers > 1 else 0
+
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         if self._executor is None:
             return [fn(item) for item in items]
@@ -48,10 +54,10 @@ class CorePool:
 
 
 @functools.cache
-def op_pool(workers: int) -> ThreadPoolExecutor:
-    """Threads that run torch single-threaded, kept for the process: one large op split into ``workers`` parts
-    (by output channels, say) runs its parts here at once."""
-    return ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+def op_pool(workers: int) -> CorePool:
+    """A :class:`CorePool` kept for the process: one large op split into ``workers`` parts (by output
+    channels, say) runs its parts here at once."""
+    return CorePool(workers)
 
 
 #: Below this many elements per item and op, handing work to another thread costs more than it saves.

@@ -175,12 +175,16 @@ def conv_int(x: torch.Tensor, w: torch.Tensor, win: Window, group: int, dtype: t
     channels: a large one runs as ``workers`` parts at once (:data:`SPLIT_MIN_MACS`). The result stays in
     ``dtype``."""
     x, w = win.padded(x.to(dtype)), w.to(dtype)
-    macs = x.shape[0] * math.prod(w.shape) * (x.shape[2] // win.strides[0]) * (x.shape[3] // win.strides[1])
-    if workers > 1 and group == 1 and w.shape[0] >= 2 * workers and macs >= SPLIT_MIN_MACS:
+    if workers > 1 and group == 1 and w.shape[0] >= 2 * workers and _macs(x, w, win) >= SPLIT_MIN_MACS:
         parts = op_pool(workers).map(lambda part: F.conv2d(x, part, stride=win.strides, dilation=win.dilations),
                                      w.chunk(workers))
-        return torch.cat(list(parts), dim=1)
+        return torch.cat(parts, dim=1)
     return F.conv2d(x, w, stride=win.strides, dilation=win.dilations, groups=group)
+
+
+def _macs(x: torch.Tensor, w: torch.Tensor, win: Window) -> int:
+    """About the multiply-adds of a convolution of padded ``x`` by ``w`` (output size from the strides)."""
+    return x.shape[0] * math.prod(w.shape) * (x.shape[2] // win.strides[0]) * (x.shape[3] // win.strides[1])
 
 
 def conv_partial_sum_bound(x: torch.Tensor, w: torch.Tensor, win: Window, group: int) -> torch.Tensor:

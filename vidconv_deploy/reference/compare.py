@@ -375,7 +375,7 @@ def integer_checks(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, fee
     executor = Executor(qdq_model)
     feeds = _feed_list(feeds)
     with core_pool(max((np.asarray(v).size for f in feeds[:1] for v in f.values()), default=0)) as pool:
-        threads = 1 if pool.workers > 1 else 0
+        threads = pool.engine_threads
         exact, rounding = _OnnxRuntimeCheck(qdq_model, threads), _RoundingCheck()
         layers = _LayerCheck(float_model, qdq_model, threads)
 

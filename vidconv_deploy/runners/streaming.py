@@ -96,9 +96,13 @@ class StreamingSplit:
         """The early graph's first output for each frame of ``clip``."""
         return self._early(self.frame_feeds(clip))
 
-    def _early(self, frame_feeds: list[Tensors]) -> list[np.ndarray]:
-        name = self.early.output_names[0]
-        return [self.early.run(feed)[name] for feed in frame_feeds]
+    def _early(self, frame_feeds: list[Tensors], map_: MapFn | None = None) -> list[np.ndarray]:
+        name = self.early.output_names[0]  # loads the runner here, before any worker thread runs it
+
+        def run(feed: Tensors) -> np.ndarray:
+            return self.early.run(feed)[name]
+
+        return map_(run, frame_feeds) if map_ else [run(feed) for feed in frame_feeds]
 
     def run_later(self, collage: np.ndarray) -> np.ndarray:
         """The later graph's first output on ``collage`` (fed as given: the caller picks its dtype)."""
@@ -119,12 +123,8 @@ class StreamingSplit:
         on 2 cores: 35 against 41 ms per frame with single-threaded sessions, the outputs bit for bit equal).
         """
         early_feeds = [feed for clip in clips for feed in self.frame_feeds(clip)]
-        name, later_in = self.early.output_names[0], self.later.input_names[0]
-
-        def run(feed: Tensors) -> np.ndarray:
-            return self.early.run(feed)[name]
-
-        features = map_(run, early_feeds) if map_ else [run(feed) for feed in early_feeds]
+        later_in = self.later.input_names[0]
+        features = self._early(early_feeds, map_)
         later_feeds = [{later_in: self.collage(features[start:start + self.frames])}
                        for start in range(0, len(features), self.frames)]
         return early_feeds, later_feeds

@@ -46,9 +46,8 @@ def _feeds(ctx: ExportContext) -> tuple[list[dict[str, np.ndarray]], list[dict[s
     frames on the core pool, each on a single-threaded session)."""
     graphs = ctx.value("graphs")
     with core_pool() as pool:
-        threads = 1 if pool.workers > 1 else 0
-        split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(graphs["early"], threads=threads),
-                               OnnxRuntimeRunner(graphs["later"], threads=threads))
+        split = StreamingSplit(ctx.model.cfg.grid, OnnxRuntimeRunner(graphs["early"], threads=pool.engine_threads),
+                               OnnxRuntimeRunner(graphs["later"], threads=pool.engine_threads))
         return split.feeds(ctx.value("calibration")["clips"], pool.map)
 
 
