@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dpu_pipeline.py [--arch vic-t-dpu] [--image-size 224] [--calib-clips 8]
 
-Prints one JSON object; nothing is asserted. Goals (issue 14): the whole export <= 3x the time of
+Prints one JSON object on one line (the last); nothing is asserted. Goals (issue 14): the whole export <= 3x the time of
 the calibration forward passes alone (ONNX Runtime fp32 as a runner runs it: every frame through the early
 graph, every collage through the later graph, measured in the same run; also given against the same passes
 with single-threaded sessions on the core pool, ORT's faster way here), peak RSS <= 4 GiB, and the integer
@@ -167,7 +167,7 @@ def main() -> None:
         **({"positions_equal_torch_search": positions} if positions is not None else {}),
         "export_peak_rss_mib": round(export_peak, 1), "goal_peak_rss_mib": 4096,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }, indent=2))
+    }))
 
 
 if __name__ == "__main__":

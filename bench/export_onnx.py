@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/export_onnx.py [--arch vic-t] [--image-size 224]
 
-Prints one JSON object; nothing is asserted (speed targets live here, not in tests).
+Prints one JSON object on one line (the last); nothing is asserted (speed targets live here, not in tests).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
         "artifact_bytes": sizes,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "verification": verification,
-    }, indent=2))
+    }))
 
 
 if __name__ == "__main__":
