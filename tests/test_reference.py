@@ -174,6 +174,46 @@ def test_dpu_rounding_differences_find_a_constructed_tie():
     assert ort_run(model, TIES, ["y_quantized"])["y_quantized"].ravel().tolist() == [0, 2, 2, 0, -2, -2]
 
 
+def test_relu_folding_and_in_place_requantize_leave_shared_tensors_intact():
+    # A ReLU read by one QuantizeLinear folds into it; one read twice, or a graph output, does not. A conv
+    # accumulator read once is requantized in place; one that is a graph output, read again or renamed by an
+    # Identity is not overwritten: every output and code must still equal ONNX Runtime's.
+    gen = np.random.default_rng(5)
+    channels = 4
+
+    def q_dq(t: str, scale: str, out: str) -> list[onnx.NodeProto]:
+        return [helper.make_node("QuantizeLinear", [t, scale, "zp"], [out + "_quantized"]),
+                helper.make_node("DequantizeLinear", [out + "_quantized", scale, "zp"], [out])]
+
+    nodes = [*q_dq("x", "s3", "xd"), helper.make_node("DequantizeLinear", ["wq", "s3", "zp"], ["w"]),
+             helper.make_node("Conv", ["xd", "w"], ["acc"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["acc"], ["shared_relu"]),
+             *q_dq("shared_relu", "s0", "ya"), *q_dq("shared_relu", "s1", "yb"),
+             helper.make_node("Identity", ["acc"], ["renamed"]), *q_dq("renamed", "s0", "yi"),
+             helper.make_node("Conv", ["xd", "w"], ["acc2"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["acc2"], ["folded_relu"]), *q_dq("folded_relu", "s0", "y2"),
+             *q_dq("acc", "s1", "yacc"),
+             helper.make_node("Conv", ["xd", "w"], ["acc3"], kernel_shape=[1, 1]), *q_dq("acc3", "s0", "y3"), *q_dq("acc3", "s1", "y4")]
+    inits = {"s3": np.float32(2.0**-3), "s1": np.float32(0.5), "s0": np.float32(1.0), "zp": np.int8(0),
+             "wq": gen.integers(-128, 128, (channels, channels, 1, 1)).astype(np.int8)}
+    outputs = ["acc", "ya", "yb", "yi", "y2", "yacc", "y3", "y4"]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 3, 3])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    from vidconv_deploy.reference.executor import Executor
+
+    executor = Executor(model)
+    assert [n.input[0] for n in executor.nodes if n.op_type == "Relu"] == ["acc"]
+    assert [n.input[0] for n in executor.nodes if n.output[0] == "y2_quantized"] == ["acc2"]
+    feeds = [{"x": (gen.standard_normal((1, channels, 3, 3)) * 8).astype(np.float32)} for _ in range(2)]
+    assert_bit_exact(model, feeds)
+    expected = ort_run(model, feeds[0], outputs)
+    got = executor.run(feeds[0]).outputs
+    assert all(np.array_equal(got[o], expected[o]) for o in outputs)
+
+
 def test_float32_inexact_accumulator_is_reported_not_mismatched():
     # 1100 products of 127 * 127 sum to 17,741,900 > 2**24: ORT's float32 Conv cannot be exact here
     channels = 1100
@@ -229,26 +269,30 @@ def test_layer_report_against_float_and_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_large_convolutions_split_over_the_callers_threads_give_the_same_codes(monkeypatch):
-    # One feed alone (the caller has 2 torch threads) splits a dense conv by output channels over single-threaded
-    # workers; every code must equal the unsplit run's. Split here at any size, and record that it did.
+def test_large_ops_on_the_callers_threads_give_the_same_codes(monkeypatch):
+    # One feed alone (the caller has 2 torch threads) runs large convolutions and passes on 2 intra-op threads;
+    # every code must equal the single-threaded run's. Thread here at any size, and record that it did.
     net, y = every_op_net()
     model = quantize(net, y, feeds=net.feeds(4)).model
     feeds = net.feeds(2, seed=3)
+    widths: list[int] = []
+    conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: widths.append(torch.get_num_threads()) or conv2d(*a, **k))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        monkeypatch.setattr(kernels, "SPLIT_MIN_MACS", 1 << 62)
-        whole = [run_reference(model, f, rounding="dpu") for f in feeds]
-        widths = []
-        pool = kernels.op_pool
-        monkeypatch.setattr(kernels, "op_pool", lambda workers: widths.append(workers) or pool(workers))
-        monkeypatch.setattr(kernels, "SPLIT_MIN_MACS", 0)
-        split = [run_reference(model, f, rounding="dpu") for f in feeds]
+        monkeypatch.setattr(kernels, "THREADED_MIN_MACS", 1 << 62)
+        monkeypatch.setattr(kernels, "THREADED_MIN_ELEMENTS", 1 << 62)
+        single = [run_reference(model, f, rounding="dpu") for f in feeds]
+        assert widths and set(widths) == {1}
+        widths.clear()
+        monkeypatch.setattr(kernels, "THREADED_MIN_MACS", 0)
+        monkeypatch.setattr(kernels, "THREADED_MIN_ELEMENTS", 0)
+        threaded = [run_reference(model, f, rounding="dpu") for f in feeds]
     finally:
         torch.set_num_threads(before)
     assert widths and set(widths) == {2}
-    for a, b in zip(whole, split, strict=True):
+    for a, b in zip(single, threaded, strict=True):
         assert a.tensors.keys() == b.tensors.keys()
         assert all(np.array_equal(a.tensors[k].values, b.tensors[k].values) for k in a.tensors)
         assert all(np.array_equal(a.outputs[k], b.outputs[k]) for k in a.outputs)
@@ -300,18 +344,23 @@ def test_vic_nano_dpu_early_graph_is_bit_exact():
     assert_bit_exact(result.model, feeds[2:])
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("mode", ["half_up", "half_even"])
-def test_requantize_of_float_stored_accumulators_is_the_integer_shift(mode):
+def test_requantize_of_float_stored_accumulators_is_the_integer_shift(mode, relu, in_place):
     # Float-stored accumulators (exact integers below 2**24) must requantize exactly as the DPU's integer
-    # (acc + 2**(shift-1)) >> shift does (fixpoint.shift_round on int64), ties and saturation included.
+    # (acc + 2**(shift-1)) >> shift does (fixpoint.shift_round on int64), ties and saturation included; a folded
+    # ReLU saturates at code 0; in place it overwrites the accumulator, else it leaves it as it was.
     from vidconv_deploy.fixpoint import arithmetic as fixpoint
     from vidconv_deploy.reference.executor import Fx, _requantize
 
     gen = torch.Generator().manual_seed(0)
     acc = torch.randint(-(1 << 20), 1 << 20, (20000,), generator=gen, dtype=torch.int64)
     acc[:8] = torch.tensor([6, -6, 10, -10, 2, -2, (1 << 20) - 1, -(1 << 20)])  # ties at shift 2 and 3, extremes
+    lowest = 0.0 if relu else fixpoint.QMIN
     for shift in range(-2, 12):
         x = Fx(acc.to(torch.float32), 14, float(1 << 20))
-        got = _requantize(x, 14 - shift, mode)
-        expected = fixpoint.saturate(fixpoint.shift_round(acc, shift, mode)).to(torch.float32)
+        got = _requantize(x, 14 - shift, mode, lowest, in_place)
+        expected = fixpoint.saturate(fixpoint.shift_round(acc, shift, mode)).clamp(min=lowest).to(torch.float32)
         assert torch.equal(got, expected), shift
+        assert in_place or torch.equal(x.v, acc.to(torch.float32))

@@ -10,7 +10,6 @@ computed exactly as a single-threaded run would compute it (same kernels, same r
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -51,13 +50,6 @@ class CorePool:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown()
-
-
-@functools.cache
-def op_pool(workers: int) -> CorePool:
-    """A :class:`CorePool` kept for the process: one large op split into ``workers`` parts (by output
-    channels, say) runs its parts here at once."""
-    return CorePool(workers)
 
 
 #: Below this many elements per item and op, handing work to another thread costs more than it saves.

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from vidconv_deploy.errors import UserError
-from vidconv_deploy.parallel import op_pool
 
 FLOAT32_EXACT = 1 << 24
 FLOAT64_EXACT = 1 << 53
@@ -30,19 +29,26 @@ _INT_NEG_INF = -(1 << 62)
 
 
 @contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch ops on ``count`` intra-op threads inside the block (restored after)."""
+    before = torch.get_num_threads()
+    if count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count != before:
+            torch.set_num_threads(before)
+
+
+def single_threaded() -> contextlib.AbstractContextManager[None]:
     """Run torch ops on one thread inside the block (restored after).
 
     Deploy-graph tensors are small: torch's intra-op thread pool costs more than it gains on them, and on a
     busy machine it collapses (quantizing the vic-nano-dpu later graph took 6.2 s of CPU with 2 threads on
     a loaded 2-core VM, 0.22 s with 1).
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 def attributes(proto: onnx.NodeProto) -> dict[str, Any]:
@@ -162,24 +168,34 @@ def exact_dtype(bound: float, what: str) -> torch.dtype:
     raise UserError(f"{what}: partial sums reach {bound:.3g}, beyond exact float64 integers (2**53); the positions are broken")
 
 
-#: A dense convolution with at least this many multiply-adds is split by output channels over the caller's
-#: ``workers`` (:func:`conv_int`): the integer reference runs torch single-threaded (small ops), and one feed
-#: alone would leave the other cores idle (ViC-T 224 later graph on 2 idle cores: 0.83 -> 0.67 s per run, median of 4).
-SPLIT_MIN_MACS = 1 << 27
+#: A convolution with at least this many multiply-adds runs on the caller's ``workers`` intra-op threads
+#: (:func:`conv_int`), and so does any op whose first input has at least :data:`THREADED_MIN_ELEMENTS`
+#: (:func:`op_threads`). The integer reference runs torch single-threaded: its graphs hold many small ops,
+#: on which OpenMP teams cost more than they gain and collapse on a busy machine; but one feed alone would
+#: leave the other cores idle during the large ones (ViC-T 224 on 2 idle cores, one feed, medians of 21 and 5
+#: runs interleaved with ONNX Runtime's: early graph 67 -> 43 ms, later 807 -> 481 ms; ORT 38 and 410 ms).
+THREADED_MIN_MACS = 1 << 22
+THREADED_MIN_ELEMENTS = 1 << 18
 
 
-def conv_int(x: torch.Tensor, w: torch.Tensor, win: Window, group: int, dtype: torch.dtype, workers: int = 1) -> torch.Tensor:
-    """Exact integer convolution of integer-valued ``x`` (NCHW) by ``w`` (OIHW), no bias, computed in
-    ``dtype``. The caller picks ``dtype`` with :func:`exact_dtype` from a bound of the partial sums, so the
-    float convolution is exact whatever order the library sums in, and so is any split of its output
-    channels: a large one runs as ``workers`` parts at once (:data:`SPLIT_MIN_MACS`). The result stays in
-    ``dtype``."""
+def op_threads(elements: int, workers: int) -> int:
+    """Intra-op threads for an op whose first input has ``elements``: ``workers`` when large, else 1 (torch
+    itself runs elementwise passes under 32768 elements on one thread, but a convolution on every thread)."""
+    return workers if elements >= THREADED_MIN_ELEMENTS else 1
+
+
+def conv_int(x: torch.Tensor, w: torch.Tensor, win: Window, group: int, dtype: torch.dtype, workers: int = 1,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact integer convolution of integer-valued ``x`` (NCHW) by ``w`` (OIHW) plus an integer ``bias`` per
+    output channel, computed in ``dtype``. The caller picks ``dtype`` with :func:`exact_dtype` from a bound
+    of the partial sums (the bias included), so the float convolution is exact whatever order the library
+    sums in, on any number of threads: a large one runs on ``workers`` (:data:`THREADED_MIN_MACS`). The result
+    stays in ``dtype``."""
     x, w = win.padded(x.to(dtype)), w.to(dtype)
-    if workers > 1 and group == 1 and w.shape[0] >= 2 * workers and _macs(x, w, win) >= SPLIT_MIN_MACS:
-        parts = op_pool(workers).map(lambda part: F.conv2d(x, part, stride=win.strides, dilation=win.dilations),
-                                     w.chunk(workers))
-        return torch.cat(parts, dim=1)
-    return F.conv2d(x, w, stride=win.strides, dilation=win.dilations, groups=group)
+    bias = None if bias is None else bias.to(dtype)
+    threads = workers if workers > 1 and _macs(x, w, win) >= THREADED_MIN_MACS else 1
+    with torch_threads(threads):
+        return F.conv2d(x, w, bias, stride=win.strides, dilation=win.dilations, groups=group)
 
 
 def _macs(x: torch.Tensor, w: torch.Tensor, win: Window) -> int:

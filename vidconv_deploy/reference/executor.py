@@ -74,6 +74,8 @@ class Fx:
     """An exact dyadic tensor: value = v * 2**-e, with ``bound`` >= max |v| known without scanning ``v``.
 
     ``exact``: ONNX Runtime's float32 value of this tensor equals it (``note`` says why not).
+    ``owned``: ``v`` is a fresh result no other tensor shares (not a view, a constant or a feed), so the one
+    node that reads it may compute in place (:meth:`Executor.run`).
     ``cache`` holds derived tensors of a constant (a weight's float copy, its absolute row sums).
     """
 
@@ -82,6 +84,7 @@ class Fx:
     bound: float
     exact: bool = True
     note: str = ""
+    owned: bool = False
     cache: dict = field(default_factory=dict)
 
     def with_v(self, v: torch.Tensor) -> Fx:
@@ -183,11 +186,14 @@ def _inexact(op: str, name: str, magnitude: float) -> str:
     return f"fake-quant float32 not exact here: {op} {name} forms values up to 2**{math.log2(max(magnitude, 1)):.1f} LSB (>= 2**24)"
 
 
-def _requantize(x: Fx, fix_point: int, mode: str) -> torch.Tensor:
-    """int8 codes (stored as float32) of ``x`` at ``fix_point``: shift by e - fix_point, round, saturate.
+def _requantize(x: Fx, fix_point: int, mode: str, lowest: float, in_place: bool) -> torch.Tensor:
+    """int8 codes (stored as float32) of ``x`` at ``fix_point``: shift by e - fix_point, round, saturate to
+    [``lowest``, 127] (``lowest`` 0 is a ReLU folded in: rounding is monotone and keeps 0).
 
     In float storage the shift is a power-of-two scaling (exact in floating point) and the rounding uses
-    floor and x - floor(x), also exact; int64 accumulators take :func:`fixpoint.shift_round`.
+    floor and x - floor(x), also exact; int64 accumulators take :func:`fixpoint.shift_round`. ``in_place``:
+    ``x.v`` is dead after this (an owned accumulator read once), so the first pass writes into it instead
+    of a new tensor.
     """
     shift = x.e - fix_point
     if x.v.is_floating_point():
@@ -195,12 +201,13 @@ def _requantize(x: Fx, fix_point: int, mode: str) -> torch.Tensor:
         if mode == "half_up" and shift > 0 and x.bound + 2.0 ** (shift - 1) < exact:
             # the DPU's own (acc + 2**(shift-1)) >> shift: the sum stays exact below 2**24 (2**53), then an
             # exact power-of-two scaling and floor; three passes instead of rounding and fixing the ties
-            f = (x.v + 2.0 ** (shift - 1)).mul_(2.0**-shift).floor_()
+            half = 2.0 ** (shift - 1)
+            f = (x.v.add_(half) if in_place else x.v + half).mul_(2.0**-shift).floor_()
         else:
-            f = x.v * 2.0**-shift if shift else x.v
+            f = (x.v.mul_(2.0**-shift) if in_place else x.v * 2.0**-shift) if shift else x.v
             f = torch.round(f) if mode == "half_even" else fixpoint.round_float(f, mode)
-        return f.clamp_(fixpoint.QMIN, fixpoint.QMAX).to(torch.float32)
-    return fixpoint.saturate(fixpoint.shift_round(x.v, shift, mode)).to(torch.float32)
+        return f.clamp_(lowest, fixpoint.QMAX).to(torch.float32)
+    return fixpoint.shift_round(x.v, shift, mode).clamp_(lowest, fixpoint.QMAX).to(torch.float32)
 
 
 class Executor:
@@ -249,8 +256,36 @@ class Executor:
                 self.constants.update(zip(n.output, self._ops[n.op_type](n, self._args(n, self.constants)), strict=False))
             else:
                 self.nodes.append(n)
+        self._lowest_code: dict[int, float] = {}  # QuantizeLinear -> lowest code, 0 where a ReLU is folded in
+        self.nodes = self._fold_relus(self.nodes)
+        reads = [t for n in self.nodes for t in n.input if t]
+        #: tensors exactly one node reads once (not graph outputs): that read may overwrite an owned value
+        self._read_once = {t for t in reads if reads.count(t) == 1} - set(self.outputs)
         # tensor -> index of the last node reading it: a run drops it there (graph outputs are kept)
         self.last_use = {t: i for i, n in enumerate(self.nodes) for t in n.input if t and t not in self.outputs}
+
+    def _fold_relus(self, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+        """``nodes`` with each Relu that only a QuantizeLinear reads folded into it: the QuantizeLinear reads
+        the Relu's input and saturates at code 0 (the same codes: rounding is monotone and keeps 0), so the
+        activation costs one pass instead of two (the Relu's tensor is not recorded; only codes are)."""
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in nodes:
+            for t in n.input:
+                readers.setdefault(t, []).append(n)
+        folded: dict[int, onnx.NodeProto] = {}  # id of a QuantizeLinear -> the one that replaces it
+        skipped: set[int] = set()
+        for n in nodes:
+            after = readers.get(n.output[0], []) if n.op_type == "Relu" else []
+            if len(after) == 1 and after[0].op_type == "QuantizeLinear" and after[0].input[0] == n.output[0] \
+                    and n.output[0] not in self.outputs:
+                q = onnx.NodeProto()
+                q.CopyFrom(after[0])
+                q.input[0] = n.input[0]
+                self._attrs[id(q)], self._fix_points[id(q)] = self._attrs[id(after[0])], self._fix_points[id(after[0])]
+                self._lowest_code[id(q)] = 0.0
+                folded[id(after[0])] = q
+                skipped.add(id(n))
+        return [folded.get(id(n), n) for n in nodes if id(n) not in skipped]
 
     # ---- values ------------------------------------------------------------------------------------
 
@@ -304,9 +339,9 @@ class Executor:
         if rounding not in ROUNDINGS:
             raise UserError(f"unknown rounding {rounding!r}; use one of {sorted(ROUNDINGS)}")
         self._local.mode = ROUNDINGS[rounding]
-        # The caller's torch threads (1 on a core-pool worker, every core for one feed alone): the ops run
-        # single-threaded below, and the large convolutions split over this many workers.
-        self._local.workers = torch.get_num_threads()
+        # The caller's torch threads (1 on a core-pool worker, every core for one feed alone): small ops run
+        # single-threaded below, large ones on this many threads (K.op_threads, K.conv_int).
+        self._local.workers = workers = torch.get_num_threads()
         values: dict[str, object] = {}
         for name in self.inputs:
             if name not in feeds:
@@ -315,7 +350,9 @@ class Executor:
         run = ReferenceRun({}, {}, rounding)
         with torch.no_grad(), K.single_threaded():
             for index, proto in enumerate(self.nodes):
-                outs = self._ops[proto.op_type](proto, self._args(proto, values))
+                args = self._args(proto, values)
+                with K.torch_threads(K.op_threads(args[0].v.numel() if args and args[0] is not None else 0, workers)):
+                    outs = self._ops[proto.op_type](proto, args)
                 values.update(zip(proto.output, outs, strict=False))
                 for name in set(proto.input):
                     if self.last_use.get(name) == index:
@@ -340,16 +377,17 @@ class Executor:
     # ---- quantization ------------------------------------------------------------------------------
 
     def _quantize(self, proto: onnx.NodeProto, args: list) -> list:
-        fp = self._fix_points[id(proto)]
+        fp, lowest = self._fix_points[id(proto)], self._lowest_code.get(id(proto), fixpoint.QMIN)
         x = args[0]
         if isinstance(x, Raw):
             scaled = x.v.to(torch.float64) * 2.0**fp  # exact: float32 input scaled by a power of two
             if scaled.dim() == 4:
                 scaled = scaled.contiguous(memory_format=torch.channels_last)
-            return [Codes(fixpoint.round_float(scaled, self.mode).clamp_(fixpoint.QMIN, fixpoint.QMAX).to(torch.float32), fp)]
+            return [Codes(fixpoint.round_float(scaled, self.mode).clamp_(lowest, fixpoint.QMAX).to(torch.float32), fp)]
         if not isinstance(x, Fx):
             raise UserError(f"node {_label(proto)}: QuantizeLinear of int8 codes; dequantize them first")
-        return [Codes(_requantize(x, fp, self.mode), fp, x.exact, x.note)]
+        in_place = x.owned and proto.input[0] in self._read_once
+        return [Codes(_requantize(x, fp, self.mode, lowest, in_place), fp, x.exact, x.note)]
 
     def _dequantize(self, proto: onnx.NodeProto, args: list) -> list:
         codes = args[0]
@@ -368,13 +406,13 @@ class Executor:
         return out
 
     @staticmethod
-    def _weight(w: Fx, dtype: torch.dtype, transpose: bool = False) -> torch.Tensor:
-        """A constant weight in ``dtype`` (cached on the constant)."""
-        key = (dtype, transpose)
+    def _weight(w: Fx, dtype: torch.dtype, transpose: bool = False, shift: int = 0) -> torch.Tensor:
+        """A constant weight times ``2**shift`` in ``dtype`` (cached on the constant)."""
+        key = (dtype, transpose, shift)
         if key not in w.cache:
             v = w.v.t() if transpose else w.v
             fmt = torch.channels_last if v.dim() == 4 else torch.contiguous_format
-            w.cache[key] = v.to(dtype).contiguous(memory_format=fmt)
+            w.cache[key] = (v.to(dtype) * 2.0**shift).contiguous(memory_format=fmt)
         return w.cache[key]
 
     @staticmethod
@@ -387,30 +425,34 @@ class Executor:
 
     def _accumulate(self, proto: onnx.NodeProto, x: Fx, w: Fx, bias: Fx | None, row_sum: float, compute, tight,
                     channel_shape: list[int]) -> Fx:
-        """``compute(dtype)``: the exact products summed in ``dtype``; then the aligned bias; float32 verdict."""
+        """``compute(dtype, shift, bias)``: the exact products times ``2**shift`` summed in ``dtype``, the aligned
+        bias added by the same library call (a conv's or matmul's own bias: one pass over the accumulator
+        instead of two; exact, as every partial sum, bias or not, stays within the bound that picked
+        ``dtype``); then the float32 verdict."""
         static = x.bound * row_sum
         if static >= K.FLOAT64_EXACT:  # x.bound may be loose: measure before refusing
             static = float(x.v.abs().max()) * row_sum
-        acc = compute(K.exact_dtype(static, f"node {_label(proto)}"))
         e_acc = x.e + w.e
         exact, note = _merge([x, w] + ([bias] if bias is not None else []))
         e = e_acc if bias is None else max(e_acc, bias.e)
         bias_bound = 0.0 if bias is None else bias.bound * 2.0 ** (e - bias.e)
         bound = static * 2.0 ** (e - e_acc) + bias_bound
-        acc = _times_pow2(acc, e - e_acc, bound)
+        dtype = K.exact_dtype(bound, f"node {_label(proto)}")
+        aligned = None
         if bias is not None:
-            key = ("aligned", e, acc.dtype)
+            key = ("aligned", e, dtype)
             if key not in bias.cache:
-                bias.cache[key] = _times_pow2(bias.v, e - bias.e, bound).reshape(channel_shape)
-            acc = acc + bias.cache[key]
+                bias.cache[key] = _times_pow2(bias.v, e - bias.e, bound).reshape(-1)
+            aligned = bias.cache[key]
+        acc = compute(dtype, e - e_acc, aligned)
         if exact and bound >= K.FLOAT32_EXACT:
             worst = tight() * 2.0 ** (e - e_acc)
-            if bias is not None:
-                worst = worst + bias.cache[("aligned", e, acc.dtype)].abs().to(torch.float64)
+            if aligned is not None:
+                worst = worst + aligned.abs().to(torch.float64).reshape(channel_shape)
             worst_max = float(worst.max()) if worst.numel() else 0.0
             if worst_max >= K.FLOAT32_EXACT:
                 exact, note = False, _inexact(proto.op_type, _label(proto), worst_max)
-        return Fx(acc, e, bound, exact, note)
+        return Fx(acc, e, bound, exact, note, owned=True)
 
     def _conv(self, proto: onnx.NodeProto, args: list) -> list:
         x, w, *rest = self._fx(proto, args)
@@ -419,8 +461,8 @@ class Executor:
             w.cache["window"] = K.window(proto, (w.v.shape[2], w.v.shape[3]))
         win, group = w.cache["window"], int(attrs.get("group", 1))
 
-        def compute(dtype: torch.dtype) -> torch.Tensor:
-            return K.conv_int(x.v, self._weight(w, dtype), win, group, dtype, self._local.workers)
+        def compute(dtype: torch.dtype, shift: int, bias: torch.Tensor | None) -> torch.Tensor:
+            return K.conv_int(x.v, self._weight(w, dtype, shift=shift), win, group, dtype, self._local.workers, bias)
 
         def tight() -> torch.Tensor:
             return K.conv_partial_sum_bound(x.v, w.v, win, group)
@@ -440,8 +482,9 @@ class Executor:
         return [self._dense(proto, x, w, False, None)]
 
     def _dense(self, proto: onnx.NodeProto, x: Fx, w: Fx, transpose: bool, bias: Fx | None) -> Fx:
-        def compute(dtype: torch.dtype) -> torch.Tensor:
-            return torch.matmul(x.v.to(dtype), self._weight(w, dtype, transpose))
+        def compute(dtype: torch.dtype, shift: int, bias: torch.Tensor | None) -> torch.Tensor:
+            product = torch.matmul(x.v.to(dtype), self._weight(w, dtype, transpose, shift))
+            return product if bias is None else product.add_(bias)
 
         def tight() -> torch.Tensor:
             return K.matmul_partial_sum_bound(x.v, self._weight(w, torch.float64, transpose))
@@ -454,7 +497,7 @@ class Executor:
         exact, note = _merge(inputs)
         if exact and bound >= K.FLOAT32_EXACT and not bool((v.to(torch.float32).to(v.dtype) == v).all()):
             exact, note = False, _inexact(proto.op_type, _label(proto), float(v.abs().max()))
-        return Fx(v, e, bound, exact, note)
+        return Fx(v, e, bound, exact, note, owned=True)
 
     def _add(self, proto: onnx.NodeProto, args: list) -> list:
         xs = self._fx(proto, args)
@@ -475,7 +518,7 @@ class Executor:
         bound = max(x.bound * 2.0 ** (e - x.e) for x in xs)
         exact, note = _merge(xs)
         vs = [_times_pow2(x.v, e - x.e, bound) for x in xs]
-        return [Fx(torch.cat(vs, dim=axis), e, bound, exact, note)]
+        return [Fx(torch.cat(vs, dim=axis), e, bound, exact, note, owned=True)]
 
     def _relu(self, proto: onnx.NodeProto, args: list) -> list:
         x = args[0]
@@ -583,7 +626,7 @@ class Executor:
         x = args[0]
         a, op, v = self._attrs[id(proto)], proto.op_type, x.v
         if op in ("Identity", "Dropout"):
-            return [x]
+            return [x.with_v(v)]  # a second name for the tensor: neither name owns it
         if op == "Flatten":
             return [x.with_v(K.flatten(v, int(a.get("axis", 1))))]
         if op == "Reshape":
