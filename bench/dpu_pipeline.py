@@ -6,8 +6,9 @@ Prints one JSON object on one line (the last); nothing is asserted. Goals (issue
 the calibration forward passes alone (ONNX Runtime fp32 as a runner runs it: every frame through the early
 graph, every collage through the later graph, measured in the same run; also given against the same passes
 with single-threaded sessions on the core pool, ORT's faster way here), peak RSS <= 4 GiB, and the integer
-reference <= 1.5x ONNX Runtime fp32 on the same graphs: per feed (one run alone) and as the export
-runs it (the feeds of a chunk at once on the core pool, against ONNX Runtime on the same feeds).
+reference <= 1.5x ONNX Runtime fp32 on the same graphs: per feed (one run alone, the median of 7 taken in
+turn with ONNX Runtime's) and as the export runs it (the feeds of a chunk at once on the core pool, against
+ONNX Runtime on the same feeds).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import tempfile
 import threading
 import time
@@ -72,6 +74,20 @@ def seconds(fn, repeat: int, warmup: int = 0) -> float:
     for _ in range(repeat):
         fn()
     return (time.perf_counter() - start) / repeat
+
+
+def interleaved_medians(fns: dict[str, Any], repeat: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each of ``fns``, called in turn ``repeat`` times after ``warmup`` untimed rounds: a
+    shared VM's slow spells (ONNX Runtime's one-feed time of the early graph ranged 36-64 ms within minutes,
+    idle) then fall on both sides of a ratio alike, and the median drops a run they hit."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(warmup + repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def pooled_forward(early: Any, later: Any, frames: list, collages: list) -> float:
@@ -144,8 +160,9 @@ def main() -> None:
         speed = {}
         for name, fp32, quant, feeds in (("early", early, q_early, frames[:8]), ("later", later, q_later, collages[:4])):
             session, executor = ort_session(fp32), Executor(quant)
-            ort_s = seconds(lambda: session.run(None, feeds[0]), 3, warmup=1)
-            ref_s = seconds(lambda: executor.run(feeds[0], "dpu"), 3, warmup=1)
+            one = interleaved_medians({"ort": lambda: session.run(None, feeds[0]),
+                                       "ref": lambda: executor.run(feeds[0], "dpu")}, repeat=7)
+            ort_s, ref_s = one["ort"], one["ref"]
             ort_all = seconds(lambda: [session.run(None, f) for f in feeds], 1)
             with core_pool() as pool:
                 ref_all = seconds(lambda: pool.map(lambda f: executor.run(f, "dpu"), feeds), 1)
