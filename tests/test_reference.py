@@ -214,6 +214,28 @@ def test_relu_folding_and_in_place_requantize_leave_shared_tensors_intact():
     assert all(np.array_equal(got[o], expected[o]) for o in outputs)
 
 
+def test_a_folded_constant_is_never_requantized_in_place():
+    # A conv of constants is folded once when the executor is built; the QuantizeLinear that reads it at run time
+    # must not overwrite the folded value, or the second run would quantize what the first left behind.
+    nodes = [helper.make_node("DequantizeLinear", ["cq", "s0", "zp"], ["c"]),
+             helper.make_node("DequantizeLinear", ["wq", "s0", "zp"], ["w"]),
+             helper.make_node("Conv", ["c", "w"], ["acc"], kernel_shape=[1, 1]),
+             helper.make_node("QuantizeLinear", ["acc", "s2", "zp"], ["y_quantized"]),
+             helper.make_node("DequantizeLinear", ["y_quantized", "s2", "zp"], ["yd"])]
+    gen = np.random.default_rng(2)
+    inits = {"s0": np.float32(1.0), "s2": np.float32(4.0), "zp": np.int8(0),
+             "cq": gen.integers(-128, 128, (1, 3, 2, 2)).astype(np.int8), "wq": gen.integers(-128, 128, (2, 3, 1, 1)).astype(np.int8)}
+    model = qdq_model(nodes, inits, [1, 2, 2, 2], "yd")
+    from vidconv_deploy.reference.executor import Executor
+
+    executor = Executor(model)
+    assert "acc" in executor.constants
+    feed = {"x": np.zeros((1, 2, 2, 2), np.float32)}  # the graph's input, unread: every value is a constant
+    first, second = (executor.run(feed).tensors["yd"].values.copy() for _ in range(2))
+    assert np.array_equal(first, second)
+    assert np.array_equal(first, ort_run(model, feed, ["y_quantized"])["y_quantized"])
+
+
 def test_float32_inexact_accumulator_is_reported_not_mismatched():
     # 1100 products of 127 * 127 sum to 17,741,900 > 2**24: ORT's float32 Conv cannot be exact here
     channels = 1100

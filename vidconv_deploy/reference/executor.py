@@ -250,10 +250,15 @@ class Executor:
         self.constants: dict[str, Fx | Codes] = {}
         self.nodes: list[onnx.NodeProto] = []
         self._local = threading.local()  # the rounding of the run in progress, per thread (runs may overlap)
+        self._local.workers = 1  # folding the constants below: one thread
         for n in graph.node:
             names = [t for i, t in enumerate(n.input) if t and self._is_value_input(n, i)]
             if n.op_type != "QuantizeLinear" and all(t in self.inits or t in self.constants for t in names):
-                self.constants.update(zip(n.output, self._ops[n.op_type](n, self._args(n, self.constants)), strict=False))
+                outs = self._ops[n.op_type](n, self._args(n, self.constants))
+                for out in outs:  # kept for every run: no run may overwrite it
+                    if isinstance(out, Fx):
+                        out.owned = False
+                self.constants.update(zip(n.output, outs, strict=False))
             else:
                 self.nodes.append(n)
         self._lowest_code: dict[int, float] = {}  # QuantizeLinear -> lowest code, 0 where a ReLU is folded in
