@@ -236,6 +236,24 @@ def test_a_folded_constant_is_never_requantized_in_place():
     assert np.array_equal(first, ort_run(model, feed, ["y_quantized"])["y_quantized"])
 
 
+def test_ties_after_a_folded_relu_are_the_relus_outputs_ties():
+    # The ReLU before the requantization folds into it, so the tie recorder sees its input: -0.5, -1.5 and -2.5 are
+    # ties of the accumulator but the ReLU makes them 0, which is no tie.
+    from vidconv_deploy.dpu.dump_compare import TieRecorder
+
+    model = tie_model()
+    nodes = list(model.graph.node)
+    relu = helper.make_node("Relu", ["acc"], ["acc_relu"])
+    nodes[4].input[0] = "acc_relu"
+    del model.graph.node[:]
+    model.graph.node.extend([*nodes[:4], relu, *nodes[4:]])
+    recorder = TieRecorder(model)
+    assert [n.op_type for n in recorder.nodes].count("Relu") == 0
+    codes = recorder.run(TIES, rounding="dpu").tensors["y"].values.ravel().tolist()
+    assert codes == [1, 2, 3, 0, 0, 0]
+    assert recorder.ties["y"].ravel().tolist() == [True, True, True, False, False, False]
+
+
 def test_float32_inexact_accumulator_is_reported_not_mismatched():
     # 1100 products of 127 * 127 sum to 17,741,900 > 2**24: ORT's float32 Conv cannot be exact here
     channels = 1100

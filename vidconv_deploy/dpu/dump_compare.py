@@ -62,7 +62,10 @@ class TieRecorder(Executor):
         x, fp = args[0], self._fix_points[id(proto)]
         if isinstance(x, (Raw, Fx)):  # anything else is refused by the executor itself
             scaled = x.v.to(torch.float64) * 2.0 ** (fp - (x.e if isinstance(x, Fx) else 0))  # exact below 2**53
-            self.ties[self.key_of_q[proto.output[0]]] = (scaled - torch.floor(scaled) == 0.5).numpy()
+            tie = scaled - torch.floor(scaled) == 0.5
+            if self.lowest_code(proto) == 0:  # a ReLU folded in: what is below 0 is quantized as 0, no tie
+                tie &= scaled > 0
+            self.ties[self.key_of_q[proto.output[0]]] = tie.numpy()
         return super()._quantize(proto, args)
 
 

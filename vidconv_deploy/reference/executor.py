@@ -382,7 +382,7 @@ class Executor:
     # ---- quantization ------------------------------------------------------------------------------
 
     def _quantize(self, proto: onnx.NodeProto, args: list) -> list:
-        fp, lowest = self._fix_points[id(proto)], self._lowest_code.get(id(proto), fixpoint.QMIN)
+        fp, lowest = self._fix_points[id(proto)], self.lowest_code(proto)
         x = args[0]
         if isinstance(x, Raw):
             scaled = x.v.to(torch.float64) * 2.0**fp  # exact: float32 input scaled by a power of two
@@ -393,6 +393,11 @@ class Executor:
             raise UserError(f"node {_label(proto)}: QuantizeLinear of int8 codes; dequantize them first")
         in_place = x.owned and proto.input[0] in self._read_once
         return [Codes(_requantize(x, fp, self.mode, lowest, in_place), fp, x.exact, x.note)]
+
+    def lowest_code(self, proto: onnx.NodeProto) -> float:
+        """The code a QuantizeLinear of :attr:`nodes` saturates at from below: 0 where a ReLU is folded into it
+        (it then reads the ReLU's input), else -128."""
+        return self._lowest_code.get(id(proto), fixpoint.QMIN)
 
     def _dequantize(self, proto: onnx.NodeProto, args: list) -> list:
         codes = args[0]
