@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -74,8 +75,8 @@ class Fx:
     """An exact dyadic tensor: value = v * 2**-e, with ``bound`` >= max |v| known without scanning ``v``.
 
     ``exact``: ONNX Runtime's float32 value of this tensor equals it (``note`` says why not).
-    ``owned``: ``v`` is a fresh result no other tensor shares (not a view, a constant or a feed), so the one
-    node that reads it may compute in place (:meth:`Executor.run`).
+    ``owned``: ``v`` is a fresh result no other tensor shares (not a view, a constant or a feed), so a
+    QuantizeLinear that is its only reader may requantize it in place (:func:`_requantize`).
     ``cache`` holds derived tensors of a constant (a weight's float copy, its absolute row sums).
     """
 
@@ -263,9 +264,9 @@ class Executor:
                 self.nodes.append(n)
         self._lowest_code: dict[int, float] = {}  # QuantizeLinear -> lowest code, 0 where a ReLU is folded in
         self.nodes = self._fold_relus(self.nodes)
-        reads = [t for n in self.nodes for t in n.input if t]
+        reads = Counter(t for n in self.nodes for t in n.input if t)
         #: tensors exactly one node reads once (not graph outputs): that read may overwrite an owned value
-        self._read_once = {t for t in reads if reads.count(t) == 1} - set(self.outputs)
+        self._read_once = {t for t, count in reads.items() if count == 1} - set(self.outputs)
         # tensor -> index of the last node reading it: a run drops it there (graph outputs are kept)
         self.last_use = {t: i for i, n in enumerate(self.nodes) for t in n.input if t and t not in self.outputs}
 
