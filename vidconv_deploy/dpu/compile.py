@@ -154,11 +154,11 @@ def calibration_samples(
     ``feeds``: the streaming split's feeds over these clips when the caller already has them (the
     export computes them once for our quantizer), so the early graph is not run over the set twice.
     """
+    if not calib_clips:
+        raise UserError("no calibration clips: give --calib DIR with at least one video")
     if feeds is not None:
         frames, collages = feeds
         return [next(iter(f.values())) for f in frames], [next(iter(c.values())) for c in collages]
-    if not calib_clips:
-        raise UserError("no calibration clips: give --calib DIR with at least one video")
     spec_in = early.graph.input[0]
     frame_shape = [d.dim_value for d in spec_in.type.tensor_type.shape.dim]
     clips = []
@@ -175,9 +175,7 @@ def calibration_samples(
 def _save_npy_rows(path: Path, rows: Sequence[np.ndarray]) -> None:
     """``np.concatenate(rows)`` as a float32 .npy file, written one row block at a time: ViC-T 224's 64
     calibration clips are 347 MB of frames, which as one array and its float32 copy raised the export's
-    peak RSS by 0.7 GB (to 4.0 GiB)."""
-    if not rows:
-        raise UserError("no calibration clips: give --calib DIR with at least one video")
+    peak RSS by 0.7 GB (to 4.0 GiB). ``rows``: at least one (:func:`calibration_samples` refuses no clips)."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
               "shape": (sum(r.shape[0] for r in rows), *rows[0].shape[1:])}
     with atomic_path(path) as tmp, tmp.open("wb") as f:
