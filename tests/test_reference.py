@@ -13,6 +13,7 @@ from rich.console import Console
 from test_quantizer import Net, every_op_net, ort_run, quantize
 
 from vidconv_deploy import parallel
+from vidconv_deploy.dpu.dump_compare import TieRecorder
 from vidconv_deploy.fixpoint import kernels
 from vidconv_deploy.errors import UserError
 from vidconv_deploy.reference import (
@@ -24,6 +25,7 @@ from vidconv_deploy.reference import (
     save_sqnr_plot,
 )
 from vidconv_deploy.reference.compare import SUMS_BLOCK, layer_table, tensor_sums
+from vidconv_deploy.reference.executor import Executor
 
 
 def assert_bit_exact(model: onnx.ModelProto, feeds) -> None:
@@ -135,9 +137,10 @@ def test_relu_on_the_graph_input_is_quantized_after_the_relu():
     assert_bit_exact(result.model, net.feeds(2, seed=3))
 
 
-def qdq_model(nodes, inits, x_shape, out, out_elem=TensorProto.FLOAT) -> onnx.ModelProto:
+def qdq_model(nodes, inits, x_shape, out: str | list[str], out_elem=TensorProto.FLOAT) -> onnx.ModelProto:
+    outs = [out] if isinstance(out, str) else out
     graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info(out, out_elem, None)],
+                              [helper.make_tensor_value_info(o, out_elem, None) for o in outs],
                               [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -197,13 +200,7 @@ def test_relu_folding_and_in_place_requantize_leave_shared_tensors_intact():
     inits = {"s3": np.float32(2.0**-3), "s1": np.float32(0.5), "s0": np.float32(1.0), "zp": np.int8(0),
              "wq": gen.integers(-128, 128, (channels, channels, 1, 1)).astype(np.int8)}
     outputs = ["acc", "ya", "yb", "yi", "y2", "yacc", "y3", "y4"]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 3, 3])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    from vidconv_deploy.reference.executor import Executor
-
+    model = qdq_model(nodes, inits, [1, channels, 3, 3], outputs)
     executor = Executor(model)
     assert [n.input[0] for n in executor.nodes if n.op_type == "Relu"] == ["acc"]
     assert [n.input[0] for n in executor.nodes if n.output[0] == "y2_quantized"] == ["acc2"]
@@ -226,8 +223,6 @@ def test_a_folded_constant_is_never_requantized_in_place():
     inits = {"s0": np.float32(1.0), "s2": np.float32(4.0), "zp": np.int8(0),
              "cq": gen.integers(-128, 128, (1, 3, 2, 2)).astype(np.int8), "wq": gen.integers(-128, 128, (2, 3, 1, 1)).astype(np.int8)}
     model = qdq_model(nodes, inits, [1, 2, 2, 2], "yd")
-    from vidconv_deploy.reference.executor import Executor
-
     executor = Executor(model)
     assert "acc" in executor.constants
     feed = {"x": np.zeros((1, 2, 2, 2), np.float32)}  # the graph's input, unread: every value is a constant
@@ -239,8 +234,6 @@ def test_a_folded_constant_is_never_requantized_in_place():
 def test_ties_after_a_folded_relu_are_the_relus_outputs_ties():
     # The ReLU before the requantization folds into it, so the tie recorder sees its input: -0.5, -1.5 and -2.5 are
     # ties of the accumulator but the ReLU makes them 0, which is no tie.
-    from vidconv_deploy.dpu.dump_compare import TieRecorder
-
     model = tie_model()
     nodes = list(model.graph.node)
     relu = helper.make_node("Relu", ["acc"], ["acc_relu"])
